@@ -1,0 +1,1 @@
+"""tieline's engine: config, mapping, flow runtime, transports, ledger, HTTP server."""

@@ -1,0 +1,184 @@
+"""The typed configuration model. Everything here is parsed once, at load, and frozen.
+
+The loader (``bus/config/loader.py``) builds these from YAML; nothing else in tieline reads
+raw configuration dicts. Each node keeps its :class:`Location` so runtime errors can point at
+the YAML line that declared it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Union
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    file: str
+    line: int  # 1-based
+    column: int  # 1-based
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+NOWHERE = Location("<none>", 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 256 * 1024
+    public_url: str | None = None  # e.g. https://bus.example.com — for URL-signing vendors
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    transport: Literal["embedded", "rabbitmq"] = "embedded"
+    data_dir: Path = Path("data")
+    http: HttpSettings = field(default_factory=HttpSettings)
+    backlog_limit: int = 100_000  # non-terminal messages before ingress answers 503
+    dedupe_window: float = 7 * 86400.0  # seconds an inbound dedupe key is remembered
+    sync: Literal["full", "normal"] = "full"  # SQLite synchronous mode for the embedded transport
+    sandbox: bool = False
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounded by default: 5 attempts, 1s doubling to at most 5 min, full jitter, 1 h deadline."""
+
+    attempts: int = 5
+    initial_delay: float = 1.0
+    multiplier: float = 2.0
+    max_delay: float = 300.0
+    jitter: Literal["full", "none"] = "full"
+    deadline: float | None = 3600.0  # seconds since first_seen after which no retry is scheduled
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRule:
+    enabled: bool = True  # False: an exhausted message is dropped, recorded as 'dead' in the ledger
+
+
+@dataclass(frozen=True, slots=True)
+class MappingRef:
+    """A mapping used by a step: by name (from mappings/) or inline (``name`` is synthesised)."""
+
+    name: str
+    inline: Mapping[str, Any] | None = None
+    loc: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorConfig:
+    name: str
+    type: str
+    settings: Mapping[str, Any]  # validated against the type's config_schema; may hold secrets
+    loc: Location = NOWHERE
+
+
+# ----- flow sources -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventSource:
+    connector: str
+    event: str
+    loc: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSource:
+    topic: str
+    loc: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSource:  # sync API flows (issue: advanced flows); also POST /flows/{name} for any flow
+    method: str
+    path: str
+    loc: Location = NOWHERE
+
+
+Source = Union[EventSource, TopicSource, HttpSource]
+
+
+# ----- steps --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateStep:
+    schema: Mapping[str, Any]
+    loc: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class MapStep:
+    mapping: MappingRef
+    loc: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class FilterStep:
+    expr: str  # JMESPath; falsy result stops the message as 'filtered'
+    loc: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    when: str | None  # None for 'otherwise'
+    steps: tuple[Step, ...]
+    loc: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class RouteStep:
+    branches: tuple[Branch, ...]  # ordered; at most one 'otherwise', last
+    loc: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class ToStep:
+    connector: str
+    action: str
+    mapping: MappingRef | None = None  # payload; default: the current body
+    as_: str | None = None  # store the result in context[as_]
+    retry: RetryPolicy | None = None  # overrides the flow's policy for this step
+    loc: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class PublishStep:
+    topic: str
+    mapping: MappingRef | None = None  # body of the published event; default: the current body
+    delay: float | None = None  # seconds
+    loc: Location = NOWHERE
+
+
+Step = Union[ValidateStep, MapStep, FilterStep, RouteStep, ToStep, PublishStep]
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    name: str
+    source: Source
+    steps: tuple[Step, ...]
+    when: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dead_letter: DeadLetterRule = field(default_factory=DeadLetterRule)
+    concurrency: int = 16
+    enabled: bool = True
+    version: str = ""  # short hash of the flow's definition and the mappings it uses
+    loc: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    settings: Settings
+    connectors: Mapping[str, ConnectorConfig]
+    flows: Mapping[str, Flow]
+    mappings: Mapping[str, Any]  # name → compiled bus.mapping.Mapping
+    source: Path  # the flows.yaml it came from

@@ -1,0 +1,1 @@
+"""Transports: the durable queue, ledger and dead-letter store behind one interface."""
