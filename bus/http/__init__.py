@@ -1,0 +1,1 @@
+"""The HTTP server: webhook ingress, direct flow entry, health, and the management API."""

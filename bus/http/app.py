@@ -1,0 +1,39 @@
+"""The Starlette application: ingress, health, management API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from bus.http import api, ingress
+from bus.http.responses import JSON, error
+
+if TYPE_CHECKING:
+    from bus.runtime import Runtime
+
+
+def build_app(runtime: Runtime) -> Starlette:
+    async def healthz(request: Request) -> JSON:
+        return JSON({"status": "ok"})
+
+    async def readyz(request: Request) -> JSON:
+        if not runtime.ready:
+            return error(503, "not_ready", "the bus is starting or stopping")
+        return JSON({"status": "ready", "backlog": await runtime.transport.backlog()})
+
+    async def not_found(request: Request, exc: Exception) -> JSON:
+        return error(404, "not_found", f"no route for {request.method} {request.url.path}")
+
+    async def method_not_allowed(request: Request, exc: Exception) -> JSON:
+        return error(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        *ingress.routes(runtime),
+        *api.routes(runtime),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})

@@ -1,0 +1,98 @@
+"""Routes that take messages in: ``POST /hooks/{connector}`` and ``POST /flows/{flow}``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+import structlog
+from starlette.requests import Request
+from starlette.routing import Route
+
+from bus.errors import BackpressureError, InboundError, TransportError
+from bus.http.body import BodyTooLarge, read_limited
+from bus.http.responses import JSON, error
+from connectors.base import InboundRequest
+
+if TYPE_CHECKING:
+    from bus.runtime import Runtime
+
+log = structlog.get_logger("tieline.http")
+
+
+def _refusal(exc: Exception) -> JSON:
+    if isinstance(exc, BodyTooLarge):
+        return error(413, "body_too_large", str(exc), {"limit": exc.limit})
+    if isinstance(exc, BackpressureError):
+        return error(
+            503, "backlog_full", str(exc), None, **{"Retry-After": str(max(1, round(exc.retry_after)))}
+        )
+    if isinstance(exc, TransportError):
+        return error(503, "transport_unavailable", str(exc), None, **{"Retry-After": "1"})
+    if isinstance(exc, InboundError):
+        code = "signature_invalid" if exc.status == 401 else "invalid_payload"
+        return error(exc.status, code, str(exc))
+    raise exc
+
+
+def routes(runtime: Runtime) -> list[Route]:
+    max_body = runtime.config.settings.http.max_body_bytes
+    public_url = runtime.config.settings.http.public_url
+
+    async def hook(request: Request) -> JSON:
+        name = request.path_params["connector"]
+        connector = runtime.connectors.get(name)
+        if connector is None:
+            return error(404, "unknown_connector", f"no connector named {name!r}")
+        try:
+            body = await read_limited(request, max_body)
+            url = str(request.url)
+            if public_url:
+                url = public_url.rstrip("/") + request.url.path + (
+                    f"?{request.url.query}" if request.url.query else ""
+                )
+            inbound = InboundRequest(
+                method=request.method,
+                url=url,
+                path=request.url.path,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                query=dict(request.query_params),
+                body=body,
+                client_ip=request.client.host if request.client else "",
+            )
+            connector.verify(inbound)
+            events = connector.parse(inbound)
+            for event in events:
+                runtime.ingress.check_event(connector, event)
+            results = [await runtime.ingress.admit(name, ev, inbound.headers) for ev in events]
+        except (BodyTooLarge, InboundError, TransportError) as exc:
+            log.info("hook_refused", connector=name, error=str(exc))
+            return _refusal(exc)
+        accepted = [mid for r in results for mid in r.accepted]
+        all_duplicates = results and all(r.duplicate_of is not None for r in results)
+        return JSON(
+            {"accepted": accepted, "events": [r.to_dict() for r in results]},
+            status_code=200 if all_duplicates else 202,
+        )
+
+    async def flow_entry(request: Request) -> JSON:
+        name = request.path_params["flow"]
+        if name not in runtime.flows:
+            return error(404, "unknown_flow", f"no flow named {name!r}")
+        try:
+            raw = await read_limited(request, max_body)
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                return error(400, "invalid_json", f"body is not valid JSON: {e}")
+            mid = await runtime.ingress.admit_to_flow(
+                name, body, {k.lower(): v for k, v in request.headers.items()}
+            )
+        except (BodyTooLarge, InboundError, TransportError) as exc:
+            return _refusal(exc)
+        return JSON({"accepted": [mid]}, status_code=202)
+
+    return [
+        Route("/hooks/{connector}", hook, methods=["POST"]),
+        Route("/flows/{flow}", flow_entry, methods=["POST"]),
+    ]

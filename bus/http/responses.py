@@ -1,0 +1,20 @@
+"""One JSON error shape for every refusal: ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error(status: int, code: str, message: str, details: Any = None, **headers: str) -> JSON:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSON(body, status_code=status, headers=headers or None)

@@ -1,0 +1,141 @@
+"""The runtime: wires configuration, connectors, transport, runner and HTTP server together."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import structlog
+
+from bus.config.loader import load_config
+from bus.config.model import Config
+from bus.errors import TielineError
+from bus.flow import CompiledFlow, compile_all
+from bus.ingress import Ingress
+from bus.runner import FlowRunner
+from bus.transport.base import Transport
+from connectors.base import Connector, ConnectorDeps
+from connectors.registry import ConnectorRegistry
+
+log = structlog.get_logger("tieline.runtime")
+
+
+def build_transport(config: Config) -> Transport:
+    s = config.settings
+    if s.transport == "embedded":
+        from bus.transport.sqlite import SqliteTransport
+
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        return SqliteTransport(
+            s.data_dir / "tieline.db",
+            backlog_limit=s.backlog_limit,
+            dedupe_window=s.dedupe_window,
+            sync=s.sync,
+        )
+    raise TielineError(f"transport {s.transport!r} is not available in this build")
+
+
+class Runtime:
+    """One bus: ``start()`` opens connectors and transport and (optionally) starts consuming."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: ConnectorRegistry,
+        *,
+        transport: Transport | None = None,
+        http: httpx.AsyncClient | None = None,
+    ):
+        self.config = config
+        self.registry = registry
+        self.flows: Mapping[str, CompiledFlow] = compile_all(config)
+        self.transport = transport or build_transport(config)
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0), limits=httpx.Limits(max_connections=200)
+        )
+        deps = ConnectorDeps(http=self.http)
+        self.connectors: dict[str, Connector] = {
+            name: registry.build(name, cc.type, cc.settings, deps)
+            for name, cc in config.connectors.items()
+        }
+        self.ingress = Ingress(self.flows, self.connectors, self.transport)
+        self.runner = FlowRunner(self.flows, self.connectors, self.transport)
+        self.ready = False
+
+    @classmethod
+    def from_file(
+        cls, path: str | Path, *, env: Mapping[str, str] | None = None, **kw: object
+    ) -> Runtime:
+        registry = ConnectorRegistry.from_entry_points()
+        config = load_config(path, connector_types=registry.types, env=env)
+        return cls(config, registry, **kw)  # type: ignore[arg-type]
+
+    async def start(self, *, consume: bool = True) -> None:
+        for c in self.connectors.values():
+            await c.start()
+        await self.transport.start()
+        if consume:
+            self.runner.start()
+        self.ready = True
+        log.info("bus_started", flows=len(self.flows), connectors=len(self.connectors))
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self.ready = False
+        await self.transport.close(timeout)
+        for c in self.connectors.values():
+            await c.close()
+        if self._own_http:
+            await self.http.aclose()
+        log.info("bus_stopped")
+
+    # ----- dead letters ----------------------------------------------------------------
+    async def replay(self, message_id: str) -> bool:
+        """Replay a dead letter on the current definition of its flow, from the failed step."""
+        dl = await self.transport.dead_letter(message_id)
+        if dl is None:
+            return False
+        env = dl.envelope
+        cf = self.flows.get(env.flow)
+        if cf is not None:
+            cursor = env.cursor if env.cursor < len(cf.program) else 0
+            env = env.evolve(flow_version=cf.version, cursor=cursor)
+        return await self.transport.replay(message_id, env.evolve(attempt=1))
+
+    async def replay_all(self, *, flow: str | None = None) -> list[str]:
+        done = []
+        for dl in await self.transport.dead_letters(flow=flow, limit=1_000_000):
+            if await self.replay(dl.message_id):
+                done.append(dl.message_id)
+        return done
+
+    # ----- serving ----------------------------------------------------------------------
+    async def serve(self, host: str | None = None, port: int | None = None) -> None:
+        """Start, serve HTTP until SIGINT/SIGTERM, then stop gracefully."""
+        import uvicorn
+
+        from bus.http.app import build_app
+
+        http = self.config.settings.http
+        server = uvicorn.Server(
+            uvicorn.Config(
+                build_app(self),
+                host=host or http.host,
+                port=port if port is not None else http.port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+        )
+        await self.start()
+        try:
+            await server.serve()
+        finally:
+            await self.stop()
+
+
+def run(path: str | Path, host: str | None = None, port: int | None = None) -> None:
+    runtime = Runtime.from_file(path)
+    asyncio.run(runtime.serve(host, port))

@@ -1,0 +1,161 @@
+"""One message handed to a consumer of the embedded transport.
+
+Each method is one write job (one atomic commit): the handed ledger entries, the message's
+new envelope and state, and for ``complete`` the emitted children. Memory (scheduler,
+backlog counters) changes only after the commit. The transport makes sure every state change
+has its ledger line: if the caller did not hand an entry of that kind, a plain one is added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from bus.envelope import Envelope
+from bus.errors import TransportError
+from bus.transport import sqlite_store as store
+from bus.transport.base import Delivery, LedgerEntry, MessageState
+
+if TYPE_CHECKING:
+    from bus.transport.sqlite import SqliteTransport
+
+_ENDINGS = frozenset({MessageState.DELIVERED, MessageState.FILTERED})
+
+
+def received_entry(envelope: Envelope, now: float, delay: float = 0.0) -> LedgerEntry:
+    """The 'received' ledger line written for every stored envelope."""
+    return LedgerEntry(
+        envelope.id, "received", now, flow=envelope.flow, attempt=envelope.attempt,
+        detail={"delay": delay} if delay else {},
+    )
+
+
+def _with_default(entries: Sequence[LedgerEntry], default: LedgerEntry) -> list[LedgerEntry]:
+    """``entries``, plus ``default`` unless an entry of its kind for its message is there."""
+    have = any(e.kind == default.kind and e.message_id == default.message_id for e in entries)
+    return list(entries) if have else [*entries, default]
+
+
+class SqliteDelivery(Delivery):
+    """A delivery; ``current`` is the latest checkpointed envelope (what a crash retry runs)."""
+
+    def __init__(self, transport: SqliteTransport, envelope: Envelope):
+        self.envelope = envelope
+        self.current = envelope
+        self._t = transport
+        self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def _check(self, envelope: Envelope, what: str) -> None:
+        if self._ended:
+            raise TransportError(
+                f"message {self.envelope.id}: {what}() after the delivery ended; "
+                "call exactly one of complete / retry / dead per delivery"
+            )
+        if envelope.id != self.envelope.id:
+            raise ValueError(
+                f"message {self.envelope.id}: {what}() got envelope {envelope.id}; "
+                "derive it with evolve() so the id stays"
+            )
+
+    async def _end(self, work, after) -> None:
+        self._ended = True  # claimed now so a second ending call fails fast
+        try:
+            await self._t.writer.write(work, after)
+        except BaseException:
+            self._ended = False
+            raise
+
+    async def checkpoint(self, envelope: Envelope, entries: Sequence[LedgerEntry] = ()) -> None:
+        self._check(envelope, "checkpoint")
+        now = self._t.clock()
+
+        def work(conn) -> None:
+            store.update_message(conn, envelope, now)
+            store.insert_ledger(conn, entries)
+
+        await self._t.writer.write(work)
+        self.current = envelope
+
+    async def complete(
+        self,
+        state: MessageState,
+        envelope: Envelope,
+        entries: Sequence[LedgerEntry] = (),
+        emit: Sequence[tuple[Envelope, float]] = (),
+    ) -> None:
+        self._check(envelope, "complete")
+        if state not in _ENDINGS:
+            raise ValueError(
+                f"message {envelope.id}: complete() takes DELIVERED or FILTERED, not {state!r}; "
+                "use retry() or dead() for the others"
+            )
+        now = self._t.clock()
+        lines = _with_default(entries, LedgerEntry(
+            envelope.id, state.value, now, flow=envelope.flow, attempt=envelope.attempt,
+        ))
+        children = [(child, now + max(delay, 0.0)) for child, delay in emit]
+        lines += [received_entry(child, now, delay) for child, delay in emit]
+
+        def work(conn) -> None:
+            store.update_message(conn, envelope, now, state=state)
+            store.insert_messages(conn, children, now)
+            store.insert_ledger(conn, lines)
+
+        def after(_: None) -> None:
+            self._t.settled(envelope.flow)
+            for child, available_at in children:
+                self._t.enqueue(child, available_at)
+
+        await self._end(work, after)
+        self.current = envelope
+
+    async def retry(
+        self, envelope: Envelope, delay: float, entries: Sequence[LedgerEntry] = ()
+    ) -> None:
+        self._check(envelope, "retry")
+        now = self._t.clock()
+        available_at = now + max(delay, 0.0)
+        lines = _with_default(entries, LedgerEntry(
+            envelope.id, "retry_scheduled", now, flow=envelope.flow, attempt=envelope.attempt,
+            detail={"delay": delay, "available_at": available_at},
+        ))
+
+        def work(conn) -> None:
+            store.update_message(conn, envelope, now, available_at=available_at)
+            store.insert_ledger(conn, lines)
+
+        def after(_: None) -> None:
+            self._t.enqueue(envelope, available_at, new=False)
+
+        await self._end(work, after)
+        self.current = envelope
+
+    async def dead(
+        self,
+        envelope: Envelope,
+        error: str,
+        error_chain: Sequence[str],
+        entries: Sequence[LedgerEntry] = (),
+    ) -> None:
+        self._check(envelope, "dead")
+        now = self._t.clock()
+        step = next((e.step for e in reversed(entries) if e.step), None)
+        lines = _with_default(entries, LedgerEntry(
+            envelope.id, "dead", now, flow=envelope.flow, step=step, attempt=envelope.attempt,
+            error=error,
+        ))
+
+        def work(conn) -> None:
+            store.update_message(conn, envelope, now, state=MessageState.DEAD, error=error)
+            store.insert_dead(conn, envelope, step, error, error_chain, now)
+            store.insert_ledger(conn, lines)
+
+        def after(_: None) -> None:
+            self._t.settled(envelope.flow)
+
+        await self._end(work, after)
+        self.current = envelope

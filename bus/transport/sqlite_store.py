@@ -1,0 +1,299 @@
+"""The SQL of the embedded transport: schema, writes (run inside the writer's transaction) and reads.
+
+Plain functions over a ``sqlite3.Connection``; no threads, no asyncio. The only module that
+knows table and column names.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+import orjson
+
+from bus.envelope import Envelope
+from bus.transport.base import DeadLetter, LedgerEntry, MessageRecord, MessageState
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    flow TEXT NOT NULL,
+    state TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    available_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    correlation_id TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_state_flow ON messages(state, flow);
+CREATE INDEX IF NOT EXISTS messages_correlation ON messages(correlation_id);
+CREATE INDEX IF NOT EXISTS messages_created ON messages(created_at);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    flow TEXT NOT NULL DEFAULT '',
+    step TEXT,
+    attempt INTEGER,
+    outcome TEXT,
+    error TEXT,
+    detail BLOB
+);
+CREATE INDEX IF NOT EXISTS ledger_message ON ledger(message_id);
+CREATE TABLE IF NOT EXISTS dedupe (
+    key TEXT PRIMARY KEY,
+    message_ids BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead (
+    message_id TEXT PRIMARY KEY,
+    flow TEXT NOT NULL,
+    step TEXT,
+    error TEXT NOT NULL,
+    error_chain BLOB NOT NULL,
+    dead_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_flow_at ON dead(flow, dead_at);
+"""
+
+_QUEUED = MessageState.QUEUED.value
+_DEAD = MessageState.DEAD.value
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables if missing; refuse a file written by a newer schema."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"schema version {version} is newer than this tieline understands ({SCHEMA_VERSION}); "
+            "upgrade tieline or point the transport at another file"
+        )
+    conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+
+
+# ----- writes (inside the writer's transaction) --------------------------------------------
+def insert_messages(
+    conn: sqlite3.Connection, rows: Iterable[tuple[Envelope, float]], now: float
+) -> None:
+    """Store envelopes as queued messages, each with its own ``available_at``."""
+    conn.executemany(
+        "INSERT INTO messages (id, flow, state, envelope, available_at, created_at, updated_at,"
+        " correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (e.id, e.flow, _QUEUED, e.to_json(), at, now, now, e.correlation_id)
+            for e, at in rows
+        ],
+    )
+
+
+def insert_ledger(conn: sqlite3.Connection, entries: Iterable[LedgerEntry]) -> None:
+    conn.executemany(
+        "INSERT INTO ledger (message_id, at, kind, flow, step, attempt, outcome, error, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (e.message_id, e.at, e.kind, e.flow, e.step, e.attempt, e.outcome, e.error,
+             orjson.dumps(e.detail) if e.detail else None)
+            for e in entries
+        ],
+    )
+
+
+def update_message(
+    conn: sqlite3.Connection,
+    envelope: Envelope,
+    now: float,
+    *,
+    state: MessageState | None = None,
+    available_at: float | None = None,
+    error: str | None = None,
+) -> None:
+    """Store the message's new envelope, and its new state / availability when given."""
+    conn.execute(
+        "UPDATE messages SET envelope = ?, updated_at = ?, state = coalesce(?, state),"
+        " available_at = coalesce(?, available_at), error = coalesce(?, error) WHERE id = ?",
+        (envelope.to_json(), now, state.value if state else None, available_at, error, envelope.id),
+    )
+
+
+def dedupe_lookup(conn: sqlite3.Connection, key: str, now: float) -> list[str] | None:
+    row = conn.execute(
+        "SELECT message_ids FROM dedupe WHERE key = ? AND expires_at > ?", (key, now)
+    ).fetchone()
+    return orjson.loads(row[0]) if row else None
+
+
+def dedupe_insert(conn: sqlite3.Connection, key: str, ids: Sequence[str], expires_at: float) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO dedupe (key, message_ids, expires_at) VALUES (?, ?, ?)",
+        (key, orjson.dumps(list(ids)), expires_at),
+    )
+
+
+def dedupe_expire(conn: sqlite3.Connection, now: float) -> None:
+    conn.execute("DELETE FROM dedupe WHERE expires_at <= ?", (now,))
+
+
+def insert_dead(
+    conn: sqlite3.Connection,
+    envelope: Envelope,
+    step: str | None,
+    error: str,
+    chain: Sequence[str],
+    now: float,
+) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO dead (message_id, flow, step, error, error_chain, dead_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (envelope.id, envelope.flow, step, error, orjson.dumps(list(chain)), now),
+    )
+
+
+def dead_envelope(conn: sqlite3.Connection, message_id: str) -> Envelope | None:
+    """The stored envelope of ``message_id`` if it is a dead letter, else None."""
+    row = conn.execute(
+        "SELECT envelope FROM messages WHERE id = ? AND state = ?", (message_id, _DEAD)
+    ).fetchone()
+    return Envelope.from_json(row[0]) if row else None
+
+
+def requeue(conn: sqlite3.Connection, envelope: Envelope, now: float) -> None:
+    """A dead letter becomes a queued message again, available now."""
+    conn.execute(
+        "UPDATE messages SET envelope = ?, state = ?, available_at = ?, updated_at = ?,"
+        " error = NULL WHERE id = ?",
+        (envelope.to_json(), _QUEUED, now, now, envelope.id),
+    )
+    conn.execute("DELETE FROM dead WHERE message_id = ?", (envelope.id,))
+
+
+def purge_dead(conn: sqlite3.Connection, message_ids: Sequence[str], now: float) -> list[tuple[str, str]]:
+    """Mark the dead letters among ``message_ids`` purged; returns their (id, flow)."""
+    found: list[tuple[str, str]] = []
+    for mid in dict.fromkeys(message_ids):  # keeps order, drops repeats
+        row = conn.execute(
+            "SELECT flow FROM messages WHERE id = ? AND state = ?", (mid, _DEAD)
+        ).fetchone()
+        if row:
+            found.append((mid, row[0]))
+    conn.executemany(
+        "UPDATE messages SET state = ?, updated_at = ? WHERE id = ?",
+        [(MessageState.PURGED.value, now, mid) for mid, _ in found],
+    )
+    conn.executemany("DELETE FROM dead WHERE message_id = ?", [(mid,) for mid, _ in found])
+    return found
+
+
+# ----- reads ----------------------------------------------------------------------------
+_RECORD_COLUMNS = "envelope, state, available_at, updated_at, error"
+
+
+def _record(row: tuple) -> MessageRecord:
+    return MessageRecord(
+        envelope=Envelope.from_json(row[0]),
+        state=MessageState(row[1]),
+        available_at=row[2],
+        updated_at=row[3],
+        error=row[4],
+    )
+
+
+def _entry(row: tuple) -> LedgerEntry:
+    return LedgerEntry(
+        message_id=row[0], at=row[1], kind=row[2], flow=row[3], step=row[4], attempt=row[5],
+        outcome=row[6], error=row[7], detail=orjson.loads(row[8]) if row[8] else {},
+    )
+
+
+def load_queued(conn: sqlite3.Connection) -> list[tuple[Envelope, float]]:
+    """Every queued message (ready or scheduled), oldest first: what a restart must run."""
+    rows = conn.execute(
+        "SELECT envelope, available_at FROM messages WHERE state = ? ORDER BY created_at, id",
+        (_QUEUED,),
+    ).fetchall()
+    return [(Envelope.from_json(env), at) for env, at in rows]
+
+
+def get_record(conn: sqlite3.Connection, message_id: str) -> MessageRecord | None:
+    row = conn.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+    ).fetchone()
+    return _record(row) if row else None
+
+
+def get_history(
+    conn: sqlite3.Connection, message_id: str, kind: str | None = None
+) -> list[LedgerEntry]:
+    sql = ("SELECT message_id, at, kind, flow, step, attempt, outcome, error, detail"
+           " FROM ledger WHERE message_id = ?")
+    args: list[object] = [message_id]
+    if kind is not None:
+        sql += " AND kind = ?"
+        args.append(kind)
+    return [_entry(r) for r in conn.execute(sql + " ORDER BY seq", args)]
+
+
+def search(
+    conn: sqlite3.Connection,
+    *,
+    flow: str | None,
+    state: MessageState | None,
+    correlation_id: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+) -> list[MessageRecord]:
+    """Messages matching every given filter (``since``/``until`` on first receipt), newest first."""
+    clauses, args = [], []
+    for column, op, value in (
+        ("flow", "=", flow),
+        ("state", "=", state.value if state else None),
+        ("correlation_id", "=", correlation_id),
+        ("created_at", ">=", since),
+        ("created_at", "<", until),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {op} ?")
+            args.append(value)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = conn.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM messages {where}"
+        " ORDER BY created_at DESC, id DESC LIMIT ?",
+        [*args, limit],
+    )
+    return [_record(r) for r in rows]
+
+
+def dead_letters(
+    conn: sqlite3.Connection,
+    *,
+    flow: str | None = None,
+    message_id: str | None = None,
+    limit: int = 100,
+) -> list[DeadLetter]:
+    """Dead letters, newest first, each with its 'step' ledger entries as ``attempts``."""
+    clauses, args = [], []
+    if flow is not None:
+        clauses.append("d.flow = ?")
+        args.append(flow)
+    if message_id is not None:
+        clauses.append("d.message_id = ?")
+        args.append(message_id)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = conn.execute(
+        "SELECT d.message_id, d.flow, m.envelope, d.step, d.error, d.error_chain, d.dead_at"
+        f" FROM dead d JOIN messages m ON m.id = d.message_id {where}"
+        " ORDER BY d.dead_at DESC, d.message_id DESC LIMIT ?",
+        [*args, limit],
+    ).fetchall()
+    return [
+        DeadLetter(
+            message_id=mid, flow=fl, envelope=Envelope.from_json(env), step=step, error=err,
+            error_chain=orjson.loads(chain), attempts=get_history(conn, mid, "step"),
+            dead_at=at,
+        )
+        for mid, fl, env, step, err, chain, at in rows
+    ]

@@ -1,0 +1,216 @@
+"""Connections of the embedded transport: one group-commit writer, one reader.
+
+sqlite3 blocks, so each connection lives on its own single thread. The writer takes jobs
+(a function over the connection) from any coroutine; every job queued while the previous
+batch was committing goes into the next batch, run in ONE transaction, so N concurrent
+writers cost one fsync. Each job runs inside a savepoint: a job that fails is undone alone.
+A future resolves only after COMMIT returned; if the commit fails, every job of the batch
+fails with TransportError — nothing is acknowledged that was not committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from bus.errors import TransportError
+
+T = TypeVar("T")
+Connect = Callable[[Path], sqlite3.Connection]
+Sync = Literal["full", "normal"]
+
+
+def open_connection(path: Path, connect: Connect | None, sync: Sync) -> sqlite3.Connection:
+    """A connection in WAL mode with our pragmas; ``connect`` lets tests hand in their own."""
+    conn = connect(path) if connect else sqlite3.connect(path)
+    conn.isolation_level = None  # we issue BEGIN / COMMIT ourselves
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={sync.upper()}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+@dataclass(slots=True)
+class _Job:
+    work: Callable[[sqlite3.Connection], Any]
+    after: Callable[[Any], None] | None
+    future: asyncio.Future[Any]
+
+
+class _Batch:
+    """Outcome of one batch, filled in on the writer thread: (ok, value-or-exception) per job."""
+
+    def __init__(self, size: int):
+        self.results: list[tuple[bool, Any]] = [(False, None)] * size
+        self.committed = False
+
+
+class GroupCommitWriter:
+    """Runs write jobs on a dedicated thread, many jobs per transaction."""
+
+    def __init__(self, path: Path, connect: Connect | None, sync: Sync):
+        self._path = path
+        self._connect = connect
+        self._sync = sync
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tieline-sqlite-w")
+        self._conn: sqlite3.Connection | None = None
+        self._jobs: list[_Job] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stats = {"commits": 0, "jobs": 0, "failed_batches": 0}
+
+    async def start(self, setup: Callable[[sqlite3.Connection], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._thread, self._open, setup)
+        self._task = loop.create_task(self._run(), name="tieline-sqlite-writer")
+
+    def _open(self, setup: Callable[[sqlite3.Connection], None]) -> sqlite3.Connection:
+        try:
+            conn = open_connection(self._path, self._connect, self._sync)
+            setup(conn)
+        except sqlite3.Error as exc:
+            raise TransportError(
+                f"embedded transport {self._path}: cannot open the database ({exc}); "
+                "check the path exists, is writable and is a tieline SQLite file"
+            ) from exc
+        return conn
+
+    async def write(
+        self, work: Callable[[sqlite3.Connection], T], after: Callable[[T], None] | None = None
+    ) -> T:
+        """Run ``work`` in the next batch; ``after(result)`` runs on the loop once committed."""
+        if self._task is None or self._task.done() or self._closing:
+            raise TransportError(
+                f"embedded transport {self._path}: not running; call start() first (or it was closed)"
+            )
+        future = asyncio.get_running_loop().create_future()
+        self._jobs.append(_Job(work, after, future))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._jobs:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            jobs, self._jobs = self._jobs, []
+            try:
+                batch = await loop.run_in_executor(self._thread, self._commit, jobs)
+            except BaseException as exc:  # the writer itself broke: fail the batch, never hang it
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(self._error("run the batch", exc))
+                raise
+            self.stats["jobs"] += len(jobs)
+            self.stats["commits" if batch.committed else "failed_batches"] += 1
+            for job, (ok, value) in zip(jobs, batch.results, strict=True):
+                if ok and job.after is not None:
+                    try:
+                        job.after(value)
+                    except Exception as exc:  # a bug in our own bookkeeping: hand it to the caller
+                        ok, value = False, exc
+                if not job.future.done():
+                    if ok:
+                        job.future.set_result(value)
+                    else:
+                        job.future.set_exception(value)
+
+    def _error(self, what: str, exc: BaseException) -> TransportError:
+        err = TransportError(
+            f"embedded transport {self._path}: could not {what} ({type(exc).__name__}: {exc}); "
+            "nothing of it was stored — check free disk space and that the file is writable"
+        )
+        err.__cause__ = exc
+        return err
+
+    def _commit(self, jobs: list[_Job]) -> _Batch:
+        """On the writer thread: run ``jobs`` in one transaction."""
+        conn = self._conn
+        assert conn is not None
+        batch = _Batch(len(jobs))
+        live: list[int] = []  # jobs whose writes are in the open transaction
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for i, job in enumerate(jobs):
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job.work(conn)
+                except Exception as exc:
+                    batch.results[i] = (False, self._wrap(exc))
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                    else:  # SQLite rolled back the whole transaction (e.g. disk full)
+                        for j in live:
+                            batch.results[j] = (False, self._wrap(exc))
+                        live.clear()
+                        conn.execute("BEGIN IMMEDIATE")
+                    continue
+                conn.execute("RELEASE job")
+                batch.results[i] = (True, value)
+                live.append(i)
+            conn.execute("COMMIT")
+            batch.committed = True
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # already failing the whole batch; SQLite discards it on close
+                    pass
+            for i in live:
+                batch.results[i] = (False, self._error("commit", exc))
+            for i, (ok, value) in enumerate(batch.results):
+                if not ok and value is None:  # never reached
+                    batch.results[i] = (False, self._error("commit", exc))
+        return batch
+
+    def _wrap(self, exc: Exception) -> Exception:
+        return self._error("write", exc) if isinstance(exc, sqlite3.Error) else exc
+
+    async def close(self) -> None:
+        """Commit everything queued so far, then close the connection."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._conn.close)
+        self._thread.shutdown(wait=True)
+
+
+class Reader:
+    """A read-only connection on its own thread (WAL lets it read while the writer writes)."""
+
+    def __init__(self, path: Path, connect: Connect | None, sync: Sync):
+        self._path, self._connect, self._sync = path, connect, sync
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tieline-sqlite-r")
+        self._conn: sqlite3.Connection | None = None
+
+    async def start(self) -> None:
+        self._conn = await asyncio.get_running_loop().run_in_executor(
+            self._thread, open_connection, self._path, self._connect, self._sync
+        )
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._conn is None:
+            raise TransportError(f"embedded transport {self._path}: not running; call start() first")
+        conn = self._conn
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, lambda: fn(conn, *args, **kwargs)
+        )
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(self._thread, conn.close)
+        self._thread.shutdown(wait=True)

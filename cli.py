@@ -1,0 +1,260 @@
+"""The tieline command line. Thin: parses arguments and calls into ``bus``.
+
+Exit codes: 0 success, 1 the thing asked about is wrong (invalid config, message dead,
+unknown id), 2 usage errors (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_FLOWS = "flows.yaml"
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from bus.config.loader import load_config
+    from bus.errors import ConfigError
+    from connectors.registry import ConnectorRegistry
+
+    registry = ConnectorRegistry.from_entry_points()
+    warnings: list = []
+    try:
+        cfg = load_config(args.file, connector_types=registry.types, warnings=warnings)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        print(f"{len(e.issues)} error(s) in {args.file}", file=sys.stderr)
+        return 1
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"{args.file}: ok — {len(cfg.flows)} flow(s), {len(cfg.connectors)} connector(s), "
+          f"{len(cfg.mappings)} mapping(s)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bus.errors import ConfigError
+    from bus.logs import configure
+    from bus.runtime import run
+
+    configure(args.log_level)
+    try:
+        run(args.file, args.host, args.port)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    from bus.config.loader import load_config
+    from connectors.registry import ConnectorRegistry
+
+    cfg = load_config(args.config, connector_types=ConnectorRegistry.from_entry_points().types)
+    mapping = cfg.mappings.get(args.name)
+    if mapping is None:
+        print(f"no mapping named {args.name!r}; mappings: {', '.join(sorted(cfg.mappings))}",
+              file=sys.stderr)
+        return 1
+    data = json.loads(Path(args.input).read_text())
+    view = data if args.view else {"body": data, "headers": {}, "context": {}}
+    if args.explain:
+        result, traces = mapping.explain(view)
+        for t in traces:
+            note = "  (default)" if t.used_default else ""
+            print(f"{t.target} ← {t.source} = {json.dumps(t.value, default=str)}{note}")
+        print()
+    else:
+        result = mapping.apply(view)
+    _print_json(result)
+    return 0
+
+
+def _ops(args: argparse.Namespace, consume: bool = False):  # noqa: ANN202
+    from bus.ops import operations
+
+    return operations(Path(args.config), args.url, consume=consume)
+
+
+def _print_history(info: dict) -> None:
+    from bus.runner import ledger_lines
+    from bus.transport.base import LedgerEntry
+
+    msg = info["message"]
+    print(f"message {msg['id']}  flow {msg['flow']}  state {msg['state']}  "
+          f"attempt {msg['attempt']}")
+    entries = [LedgerEntry(**e) for e in info["history"]]
+    for line in ledger_lines(entries):
+        print("  " + line)
+
+
+async def _send(args: argparse.Namespace) -> int:
+    from bus.ops import wait_terminal
+
+    body = json.loads(Path(args.data).read_text())
+    async with _ops(args, consume=True) as ops:
+        mid = await ops.send(args.flow, body)
+        info = await wait_terminal(ops, mid, args.timeout)
+    if args.json:
+        _print_json(info)
+    else:
+        _print_history(info)
+    return 0 if info["message"]["state"] in ("delivered", "filtered") else 1
+
+
+async def _messages(args: argparse.Namespace) -> int:
+    async with _ops(args) as ops:
+        info = await ops.message(args.id)
+    if args.json:
+        _print_json(info)
+    else:
+        _print_history(info)
+    return 0
+
+
+async def _dlq(args: argparse.Namespace) -> int:
+    async with _ops(args) as ops:
+        if args.dlq_cmd == "list":
+            dls = await ops.dead_letters(args.flow, args.limit)
+            if args.json:
+                _print_json(dls)
+            else:
+                for d in dls:
+                    print(f"{d['message_id']}  {d['flow']}  {d['step']}  {d['error']}")
+                print(f"{len(dls)} dead letter(s)")
+        elif args.dlq_cmd == "show":
+            _print_json(await ops.dead_letter(args.id))
+        elif args.dlq_cmd == "replay":
+            if args.all:
+                done = await ops.replay_all(args.flow)
+            elif args.id:
+                done = await ops.replay(args.id)
+            else:
+                print("give a message id or --all", file=sys.stderr)
+                return 2
+            print(f"replayed {len(done)} message(s)")
+            for mid in done:
+                print(f"  {mid}")
+        elif args.dlq_cmd == "purge":
+            if not args.ids and not args.all and not args.flow:
+                print("give message ids, --flow or --all", file=sys.stderr)
+                return 2
+            n = await ops.purge(args.ids or None, args.flow)
+            print(f"purged {n} dead letter(s)")
+    return 0
+
+
+def cmd_connectors(args: argparse.Namespace) -> int:
+    from connectors.registry import ConnectorRegistry
+
+    reg = ConnectorRegistry.from_entry_points()
+    for name, cls in sorted(reg.types.items()):
+        print(f"{name}: {cls.description or cls.__doc__.splitlines()[0] if cls.__doc__ else ''}")
+        if cls.actions:
+            print(f"  actions: {', '.join(sorted(cls.actions))}")
+        if cls.events:
+            print(f"  events:  {', '.join(sorted(cls.events))}")
+    for name, err in sorted(reg.failures.items()):
+        print(f"{name}: FAILED TO LOAD — {err}")
+    return 1 if reg.failures else 0
+
+
+def _async(fn):  # noqa: ANN001, ANN202
+    def run(args: argparse.Namespace) -> int:
+        from bus.ops import OpsError
+
+        try:
+            return asyncio.run(fn(args))
+        except OpsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tieline", description="A lightweight integration bus.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", "-c", default=DEFAULT_FLOWS, help="flows.yaml to use")
+        sp.add_argument("--url", help="base URL of a running bus (default: from the config)")
+
+    sp = sub.add_parser("run", help="serve HTTP and run the flows")
+    sp.add_argument("file", nargs="?", default=DEFAULT_FLOWS)
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp.add_argument("--log-level", default="info")
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("validate", help="check flows.yaml and mappings; print every error")
+    sp.add_argument("file", nargs="?", default=DEFAULT_FLOWS)
+    sp.set_defaults(fn=cmd_validate)
+
+    sp = sub.add_parser("map", help="apply a mapping to a JSON file")
+    sp.add_argument("name")
+    sp.add_argument("--input", "-i", required=True, help="JSON file: the message body")
+    sp.add_argument("--view", action="store_true", help="the input holds body/headers/context")
+    sp.add_argument("--explain", action="store_true", help="show each field's source and value")
+    sp.add_argument("--config", "-c", default=DEFAULT_FLOWS)
+    sp.set_defaults(fn=cmd_map)
+
+    sp = sub.add_parser("send", help="put one message into a flow and print its history")
+    sp.add_argument("flow")
+    sp.add_argument("--data", "-d", required=True, help="JSON file: the message body")
+    sp.add_argument("--timeout", type=float, default=30.0)
+    sp.add_argument("--json", action="store_true")
+    with_config(sp)
+    sp.set_defaults(fn=_async(_send))
+
+    sp = sub.add_parser("messages", help="the ledger")
+    msub = sp.add_subparsers(dest="messages_cmd", required=True)
+    ms = msub.add_parser("show", help="print a message's history")
+    ms.add_argument("id")
+    ms.add_argument("--json", action="store_true")
+    with_config(ms)
+    ms.set_defaults(fn=_async(_messages))
+
+    sp = sub.add_parser("dlq", help="dead letters: list, show, replay, purge")
+    dsub = sp.add_subparsers(dest="dlq_cmd", required=True)
+    d = dsub.add_parser("list")
+    d.add_argument("--flow")
+    d.add_argument("--limit", type=int, default=100)
+    d.add_argument("--json", action="store_true")
+    with_config(d)
+    d = dsub.add_parser("show")
+    d.add_argument("id")
+    with_config(d)
+    d = dsub.add_parser("replay")
+    d.add_argument("id", nargs="?")
+    d.add_argument("--all", action="store_true")
+    d.add_argument("--flow")
+    with_config(d)
+    d = dsub.add_parser("purge")
+    d.add_argument("ids", nargs="*")
+    d.add_argument("--all", action="store_true")
+    d.add_argument("--flow")
+    with_config(d)
+    sp.set_defaults(fn=_async(_dlq))
+
+    sp = sub.add_parser("connectors", help="list installed connector types")
+    sp.set_defaults(fn=cmd_connectors)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The ingress refuses bad input with a clear JSON error and loses nothing it accepted."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus.transport.base import MessageState
+from tests.e2e.test_delivery import MAPPING, ORDER, flows, post_order, signed
+
+
+@pytest.fixture
+async def bus(make_bus, sink):
+    state, url = sink
+    async with make_bus(flows(url), {"order_to_sink": MAPPING}) as b:
+        b.sink = state
+        yield b
+
+
+async def test_bad_signature_is_401(bus):
+    """A webhook whose signature does not match is refused with 401 and stores nothing."""
+    body, headers = signed(ORDER)
+    headers["webhook-signature"] = "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+    r = await bus.client.post("/hooks/vendor", content=body, headers=headers)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "signature_invalid"
+    assert await bus.runtime.transport.backlog() == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [("/hooks/nobody", "unknown_connector"), ("/flows/nothing", "unknown_flow")],
+    ids=["connector", "flow"],
+)
+async def test_unknown_target_is_404(bus, path, code):
+    """Posting to a connector or flow that does not exist answers 404 naming it."""
+    r = await bus.client.post(path, json={})
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == code
+
+
+async def test_flow_entry_bad_json_is_400(bus):
+    """A body that is not JSON answers 400 with the parser's complaint."""
+    r = await bus.client.post("/flows/relay", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_json"
+    assert "JSON" in r.json()["error"]["message"]
+
+
+async def test_oversized_body_is_413_even_when_chunked(bus):
+    """The body limit is counted on the stream: a chunked body with no Content-Length still gets 413."""
+
+    async def chunks():
+        for _ in range(300):
+            yield b"x" * 1024
+
+    r = await bus.client.post("/flows/relay", content=chunks())
+    assert r.status_code == 413
+    assert r.json()["error"]["details"]["limit"] == 256 * 1024
+
+
+async def test_flow_entry_runs_the_flow(bus):
+    """POST /flows/{flow} puts the body straight into the flow."""
+    r = await bus.client.post("/flows/relay", json=ORDER)
+    assert r.status_code == 202
+    (mid,) = r.json()["accepted"]
+    assert await bus.wait_state(mid) == MessageState.DELIVERED
+    assert bus.sink.requests[0].json["order"] == "A-1"
+
+
+async def test_backlog_over_bound_is_503_with_retry_after(make_bus, sink):
+    """Past the backlog bound the ingress answers 503 with Retry-After instead of growing."""
+    state, url = sink
+    state.down = True
+    text = flows(url, retry="{attempts: 50, initial_delay: 1s, jitter: none}").replace(
+        "  data_dir: ./data", "  data_dir: ./data\n  backlog_limit: 2"
+    )
+    async with make_bus(text, {"order_to_sink": MAPPING}) as bus:
+        codes = [(await post_order(bus, msg_id=f"m{i}")).status_code for i in range(3)]
+        assert codes == [202, 202, 503]
+        r = await post_order(bus, msg_id="m9")
+        assert r.headers["retry-after"].isdigit()
+        assert r.json()["error"]["code"] == "backlog_full"
