@@ -137,5 +137,11 @@ class Runtime:
 
 
 def run(path: str | Path, host: str | None = None, port: int | None = None) -> None:
+    """Load, start and serve until a signal stops it (uvloop when installed)."""
     runtime = Runtime.from_file(path)
-    asyncio.run(runtime.serve(host, port))
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is not built for every platform
+        asyncio.run(runtime.serve(host, port))
+    else:
+        uvloop.run(runtime.serve(host, port))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import httpx
@@ -175,6 +175,18 @@ class Connector:
         return {"status": "unknown"}
 
     # ----- inbound ---------------------------------------------------------------------
+    @classmethod
+    def event_names_for(cls, settings: Mapping[str, Any]) -> set[str]:
+        """Event names an instance with these (schema-valid) settings can emit.
+
+        Most types have a fixed set (``events``); generic ones like ``webhook`` let operators
+        declare names in settings and override this, so the loader can check ``from:``.
+        """
+        return set(cls.events)
+
+    def event_names(self) -> set[str]:
+        return set(type(self).events)
+
     def verify(self, request: InboundRequest) -> None:
         """Raise VerificationError unless the request is authentic. Default: accept."""
 

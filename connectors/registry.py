@@ -61,8 +61,8 @@ class ConnectorRegistry:
             raise TielineError(f"{cls.__qualname__} has no type_name; set type_name = '...' on the class")
         if cls.type_name and cls.type_name != name:
             raise TielineError(
-                f"entry point {name!r} loads {cls.__qualname__} whose type_name is {cls.type_name!r}; "
-                "make them equal"
+                f"{cls.__qualname__} has type_name {cls.type_name!r} but is registered as {name!r} "
+                "(the entry point name); make them equal"
             )
         known = self._types.get(name)
         if known is not None and known is not cls:

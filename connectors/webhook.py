@@ -109,9 +109,13 @@ class WebhookConnector(Connector):
         self._client: httpx.AsyncClient | None = None
         self._owns_client = False
 
+    @classmethod
+    def event_names_for(cls, settings: Mapping[str, Any]) -> set[str]:
+        """The events an instance can emit: they depend on its settings, not only its type."""
+        return set(settings.get("events") or ()) if settings.get("event_field") else {"received"}
+
     def event_names(self) -> set[str]:
-        """The events this instance can emit (they depend on its settings, not only its type)."""
-        return set(self.settings.events) if self.settings.event_field else {"received"}
+        return self.event_names_for({"event_field": self.settings.event_field, "events": self.settings.events})
 
     async def start(self) -> None:
         if self._client is None:
@@ -156,7 +160,7 @@ class WebhookConnector(Connector):
                     "(settings.event_field) to name the event"
                 )
             if found not in self.settings.events:
-                log.info("webhook_event_ignored", connector=self.name, event=found[:100])
+                log.info("webhook_event_ignored", connector=self.name, event_name=found[:100])
                 return None
             name = found
         key = header_key

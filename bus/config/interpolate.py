@@ -25,9 +25,15 @@ _BOOLS = {"true": True, "false": False}
 
 
 def interpolate(data: Any, marks: MarkIndex, env: Mapping[str, str],
-                issues: list[ConfigIssue]) -> tuple[Any, set[YamlPath]]:
-    """``data`` with every ``${...}`` replaced, and the paths of the scalars that had one."""
+                issues: list[ConfigIssue]) -> tuple[Any, set[YamlPath], set[YamlPath]]:
+    """``data`` with every ``${...}`` replaced, the paths of the scalars that had one, and
+    the paths where a reference could not be resolved (issues already reported there)."""
     touched: set[YamlPath] = set()
+    failed: set[YamlPath] = set()
+
+    def report(path: YamlPath, message: str) -> None:
+        failed.add(path)
+        issues.append(marks.issue(path, message))
 
     def walk(value: Any, path: YamlPath) -> Any:
         if isinstance(value, dict):
@@ -36,10 +42,10 @@ def interpolate(data: Any, marks: MarkIndex, env: Mapping[str, str],
             return [walk(v, (*path, i)) for i, v in enumerate(value)]
         if isinstance(value, str) and "${" in value:
             touched.add(path)
-            return _expand(value, env, lambda msg: issues.append(marks.issue(path, msg)))
+            return _expand(value, env, lambda msg: report(path, msg))
         return value
 
-    return walk(data, ()), touched
+    return walk(data, ()), touched, failed
 
 
 def _expand(text: str, env: Mapping[str, str], report: Any) -> str:

@@ -133,10 +133,17 @@ class SqliteTransport(Transport):
             if dedupe_key is not None:
                 first = store.dedupe_lookup(conn, dedupe_key, now)
                 if first is not None:
-                    store.insert_ledger(conn, [LedgerEntry(
-                        first[0] if first else "", "duplicate", now,
-                        detail={"dedupe_key": dedupe_key, "rejected": ids},
-                    )])
+                    store.insert_ledger(
+                        conn,
+                        [
+                            LedgerEntry(
+                                first[0] if first else "",
+                                "duplicate",
+                                now,
+                                detail={"dedupe_key": dedupe_key, "rejected": ids},
+                            )
+                        ],
+                    )
                     return first
                 store.dedupe_insert(conn, dedupe_key, ids, now + self._dedupe_window)
             store.insert_messages(conn, [(e, available_at) for e in envs], now)
@@ -202,7 +209,9 @@ class SqliteTransport(Transport):
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-    async def _deliver(self, handler: Handler, envelope: Envelope, slots: asyncio.Semaphore) -> None:
+    async def _deliver(
+        self, handler: Handler, envelope: Envelope, slots: asyncio.Semaphore
+    ) -> None:
         delivery = SqliteDelivery(self, envelope)
         try:
             await handler(delivery)
@@ -210,8 +219,12 @@ class SqliteTransport(Transport):
                 await self._crash_retry(delivery, "handler returned without complete/retry/dead")
         except Exception as exc:  # the contract: a raising handler is logged and retried later
             log.error(
-                "transport.handler_crashed", message_id=envelope.id, flow=envelope.flow,
-                cursor=envelope.cursor, attempt=envelope.attempt, exc_info=exc,
+                "transport.handler_crashed",
+                message_id=envelope.id,
+                flow=envelope.flow,
+                cursor=envelope.cursor,
+                attempt=envelope.attempt,
+                exc_info=exc,
             )
             if not delivery.ended:
                 await self._crash_retry(delivery, f"handler crashed: {type(exc).__name__}: {exc}")
@@ -221,8 +234,14 @@ class SqliteTransport(Transport):
     async def _crash_retry(self, delivery: SqliteDelivery, error: str) -> None:
         envelope = delivery.current
         entry = LedgerEntry(
-            envelope.id, "step", self.clock(), flow=envelope.flow, step=f"cursor {envelope.cursor}",
-            attempt=envelope.attempt, outcome="retry", error=error,
+            envelope.id,
+            "step",
+            self.clock(),
+            flow=envelope.flow,
+            step=f"cursor {envelope.cursor}",
+            attempt=envelope.attempt,
+            outcome="retry",
+            error=error,
         )
         try:
             await delivery.retry(envelope, CRASH_RETRY_DELAY, [entry])
@@ -248,8 +267,13 @@ class SqliteTransport(Transport):
         limit: int = 100,
     ) -> list[MessageRecord]:
         return await self._reader.read(
-            store.search, flow=flow, state=state, correlation_id=correlation_id,
-            since=since, until=until, limit=limit,
+            store.search,
+            flow=flow,
+            state=state,
+            correlation_id=correlation_id,
+            since=since,
+            until=until,
+            limit=limit,
         )
 
     # ----- dead letters -----------------------------------------------------------------
@@ -274,10 +298,19 @@ class SqliteTransport(Transport):
                 return None
             again = envelope if envelope is not None else stored.evolve(attempt=1)
             store.requeue(conn, again, now)
-            store.insert_ledger(conn, [LedgerEntry(
-                message_id, "replayed", now, flow=again.flow, attempt=again.attempt,
-                detail={"cursor": again.cursor},
-            )])
+            store.insert_ledger(
+                conn,
+                [
+                    LedgerEntry(
+                        message_id,
+                        "replayed",
+                        now,
+                        flow=again.flow,
+                        attempt=again.attempt,
+                        detail={"cursor": again.cursor},
+                    )
+                ],
+            )
             return again
 
         def after(again: Envelope | None) -> None:
@@ -291,7 +324,9 @@ class SqliteTransport(Transport):
 
         def work(conn) -> int:
             found = store.purge_dead(conn, message_ids, now)
-            store.insert_ledger(conn, [LedgerEntry(mid, "purged", now, flow=fl) for mid, fl in found])
+            store.insert_ledger(
+                conn, [LedgerEntry(mid, "purged", now, flow=fl) for mid, fl in found]
+            )
             return len(found)
 
         return await self.writer.write(work)
@@ -299,4 +334,3 @@ class SqliteTransport(Transport):
     # ----- state ------------------------------------------------------------------------
     async def backlog(self, flow: str | None = None) -> int:
         return self._backlog.total() if flow is None else self._backlog[flow]
-

@@ -25,7 +25,11 @@ _ENDINGS = frozenset({MessageState.DELIVERED, MessageState.FILTERED})
 def received_entry(envelope: Envelope, now: float, delay: float = 0.0) -> LedgerEntry:
     """The 'received' ledger line written for every stored envelope."""
     return LedgerEntry(
-        envelope.id, "received", now, flow=envelope.flow, attempt=envelope.attempt,
+        envelope.id,
+        "received",
+        now,
+        flow=envelope.flow,
+        attempt=envelope.attempt,
         detail={"delay": delay} if delay else {},
     )
 
@@ -94,9 +98,16 @@ class SqliteDelivery(Delivery):
                 "use retry() or dead() for the others"
             )
         now = self._t.clock()
-        lines = _with_default(entries, LedgerEntry(
-            envelope.id, state.value, now, flow=envelope.flow, attempt=envelope.attempt,
-        ))
+        lines = _with_default(
+            entries,
+            LedgerEntry(
+                envelope.id,
+                state.value,
+                now,
+                flow=envelope.flow,
+                attempt=envelope.attempt,
+            ),
+        )
         children = [(child, now + max(delay, 0.0)) for child, delay in emit]
         lines += [received_entry(child, now, delay) for child, delay in emit]
 
@@ -119,10 +130,17 @@ class SqliteDelivery(Delivery):
         self._check(envelope, "retry")
         now = self._t.clock()
         available_at = now + max(delay, 0.0)
-        lines = _with_default(entries, LedgerEntry(
-            envelope.id, "retry_scheduled", now, flow=envelope.flow, attempt=envelope.attempt,
-            detail={"delay": delay, "available_at": available_at},
-        ))
+        lines = _with_default(
+            entries,
+            LedgerEntry(
+                envelope.id,
+                "retry_scheduled",
+                now,
+                flow=envelope.flow,
+                attempt=envelope.attempt,
+                detail={"delay": delay, "available_at": available_at},
+            ),
+        )
 
         def work(conn) -> None:
             store.update_message(conn, envelope, now, available_at=available_at)
@@ -144,10 +162,18 @@ class SqliteDelivery(Delivery):
         self._check(envelope, "dead")
         now = self._t.clock()
         step = next((e.step for e in reversed(entries) if e.step), None)
-        lines = _with_default(entries, LedgerEntry(
-            envelope.id, "dead", now, flow=envelope.flow, step=step, attempt=envelope.attempt,
-            error=error,
-        ))
+        lines = _with_default(
+            entries,
+            LedgerEntry(
+                envelope.id,
+                "dead",
+                now,
+                flow=envelope.flow,
+                step=step,
+                attempt=envelope.attempt,
+                error=error,
+            ),
+        )
 
         def work(conn) -> None:
             store.update_message(conn, envelope, now, state=MessageState.DEAD, error=error)

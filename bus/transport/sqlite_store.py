@@ -83,10 +83,7 @@ def insert_messages(
     conn.executemany(
         "INSERT INTO messages (id, flow, state, envelope, available_at, created_at, updated_at,"
         " correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (e.id, e.flow, _QUEUED, e.to_json(), at, now, now, e.correlation_id)
-            for e, at in rows
-        ],
+        [(e.id, e.flow, _QUEUED, e.to_json(), at, now, now, e.correlation_id) for e, at in rows],
     )
 
 
@@ -95,8 +92,17 @@ def insert_ledger(conn: sqlite3.Connection, entries: Iterable[LedgerEntry]) -> N
         "INSERT INTO ledger (message_id, at, kind, flow, step, attempt, outcome, error, detail)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (e.message_id, e.at, e.kind, e.flow, e.step, e.attempt, e.outcome, e.error,
-             orjson.dumps(e.detail) if e.detail else None)
+            (
+                e.message_id,
+                e.at,
+                e.kind,
+                e.flow,
+                e.step,
+                e.attempt,
+                e.outcome,
+                e.error,
+                orjson.dumps(e.detail) if e.detail else None,
+            )
             for e in entries
         ],
     )
@@ -126,7 +132,9 @@ def dedupe_lookup(conn: sqlite3.Connection, key: str, now: float) -> list[str] |
     return orjson.loads(row[0]) if row else None
 
 
-def dedupe_insert(conn: sqlite3.Connection, key: str, ids: Sequence[str], expires_at: float) -> None:
+def dedupe_insert(
+    conn: sqlite3.Connection, key: str, ids: Sequence[str], expires_at: float
+) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO dedupe (key, message_ids, expires_at) VALUES (?, ?, ?)",
         (key, orjson.dumps(list(ids)), expires_at),
@@ -170,7 +178,9 @@ def requeue(conn: sqlite3.Connection, envelope: Envelope, now: float) -> None:
     conn.execute("DELETE FROM dead WHERE message_id = ?", (envelope.id,))
 
 
-def purge_dead(conn: sqlite3.Connection, message_ids: Sequence[str], now: float) -> list[tuple[str, str]]:
+def purge_dead(
+    conn: sqlite3.Connection, message_ids: Sequence[str], now: float
+) -> list[tuple[str, str]]:
     """Mark the dead letters among ``message_ids`` purged; returns their (id, flow)."""
     found: list[tuple[str, str]] = []
     for mid in dict.fromkeys(message_ids):  # keeps order, drops repeats
@@ -203,8 +213,15 @@ def _record(row: tuple) -> MessageRecord:
 
 def _entry(row: tuple) -> LedgerEntry:
     return LedgerEntry(
-        message_id=row[0], at=row[1], kind=row[2], flow=row[3], step=row[4], attempt=row[5],
-        outcome=row[6], error=row[7], detail=orjson.loads(row[8]) if row[8] else {},
+        message_id=row[0],
+        at=row[1],
+        kind=row[2],
+        flow=row[3],
+        step=row[4],
+        attempt=row[5],
+        outcome=row[6],
+        error=row[7],
+        detail=orjson.loads(row[8]) if row[8] else {},
     )
 
 
@@ -227,8 +244,10 @@ def get_record(conn: sqlite3.Connection, message_id: str) -> MessageRecord | Non
 def get_history(
     conn: sqlite3.Connection, message_id: str, kind: str | None = None
 ) -> list[LedgerEntry]:
-    sql = ("SELECT message_id, at, kind, flow, step, attempt, outcome, error, detail"
-           " FROM ledger WHERE message_id = ?")
+    sql = (
+        "SELECT message_id, at, kind, flow, step, attempt, outcome, error, detail"
+        " FROM ledger WHERE message_id = ?"
+    )
     args: list[object] = [message_id]
     if kind is not None:
         sql += " AND kind = ?"
@@ -260,8 +279,7 @@ def search(
             args.append(value)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
-        f"SELECT {_RECORD_COLUMNS} FROM messages {where}"
-        " ORDER BY created_at DESC, id DESC LIMIT ?",
+        f"SELECT {_RECORD_COLUMNS} FROM messages {where} ORDER BY created_at DESC, id DESC LIMIT ?",
         [*args, limit],
     )
     return [_record(r) for r in rows]
@@ -291,8 +309,13 @@ def dead_letters(
     ).fetchall()
     return [
         DeadLetter(
-            message_id=mid, flow=fl, envelope=Envelope.from_json(env), step=step, error=err,
-            error_chain=orjson.loads(chain), attempts=get_history(conn, mid, "step"),
+            message_id=mid,
+            flow=fl,
+            envelope=Envelope.from_json(env),
+            step=step,
+            error=err,
+            error_chain=orjson.loads(chain),
+            attempts=get_history(conn, mid, "step"),
             dead_at=at,
         )
         for mid, fl, env, step, err, chain, at in rows

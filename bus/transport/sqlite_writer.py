@@ -48,6 +48,7 @@ class _Batch:
     def __init__(self, size: int):
         self.results: list[tuple[bool, Any]] = [(False, None)] * size
         self.committed = False
+        self.failed = False
 
 
 class GroupCommitWriter:
@@ -112,7 +113,8 @@ class GroupCommitWriter:
                         job.future.set_exception(self._error("run the batch", exc))
                 raise
             self.stats["jobs"] += len(jobs)
-            self.stats["commits" if batch.committed else "failed_batches"] += 1
+            self.stats["commits"] += batch.committed
+            self.stats["failed_batches"] += batch.failed
             for job, (ok, value) in zip(jobs, batch.results, strict=True):
                 if ok and job.after is not None:
                     try:
@@ -134,45 +136,85 @@ class GroupCommitWriter:
         return err
 
     def _commit(self, jobs: list[_Job]) -> _Batch:
-        """On the writer thread: run ``jobs`` in one transaction."""
+        """On the writer thread: run ``jobs`` in one transaction.
+
+        Fast path without savepoints (they double the cost of a small job); if any job
+        fails, the whole transaction is rolled back and run again job by job in savepoints,
+        so only the failing job is refused. Jobs are plain SQL over captured values, so
+        running one again after a rollback is safe.
+        """
         conn = self._conn
         assert conn is not None
         batch = _Batch(len(jobs))
-        live: list[int] = []  # jobs whose writes are in the open transaction
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for i, job in enumerate(jobs):
-                conn.execute("SAVEPOINT job")
-                try:
-                    value = job.work(conn)
-                except Exception as exc:
-                    batch.results[i] = (False, self._wrap(exc))
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK TO job")
-                        conn.execute("RELEASE job")
-                    else:  # SQLite rolled back the whole transaction (e.g. disk full)
-                        for j in live:
-                            batch.results[j] = (False, self._wrap(exc))
-                        live.clear()
-                        conn.execute("BEGIN IMMEDIATE")
-                    continue
-                conn.execute("RELEASE job")
-                batch.results[i] = (True, value)
-                live.append(i)
+            results = []
+            for job in jobs:
+                results.append((True, job.work(conn)))
+        except Exception:
+            self._rollback(conn)
+            return self._commit_one_by_one(jobs)
+        try:
             conn.execute("COMMIT")
-            batch.committed = True
         except sqlite3.Error as exc:
+            self._rollback(conn)
+            batch.failed = True
+            batch.results = [(False, self._error("commit", exc))] * len(jobs)
+            return batch
+        batch.results, batch.committed = results, True
+        return batch
+
+    def _commit_one_by_one(self, jobs: list[_Job]) -> _Batch:
+        """The slow path: each job in a savepoint, so a failing job is undone alone."""
+        conn = self._conn
+        assert conn is not None
+        batch = _Batch(len(jobs))
+        todo = list(range(len(jobs)))
+        live: list[int] = []  # jobs whose writes are in the open transaction
+        try:
+            while todo:
+                conn.execute("BEGIN IMMEDIATE")
+                live, again = [], []
+                for pos, i in enumerate(todo):
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        value = jobs[i].work(conn)
+                    except Exception as exc:
+                        batch.results[i] = (False, self._wrap(exc))
+                        if conn.in_transaction:  # only this job is undone
+                            conn.execute("ROLLBACK TO job")
+                            conn.execute("RELEASE job")
+                            continue
+                        # SQLite rolled back the whole transaction (e.g. disk full): the jobs
+                        # before this one were lost with it, so run them and the rest again.
+                        again = live + todo[pos + 1 :]
+                        break
+                    conn.execute("RELEASE job")
+                    batch.results[i] = (True, value)
+                    live.append(i)
+                todo = again  # each round drops the failing job, so this ends
+                for i in todo:
+                    batch.results[i] = (False, None)
             if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:  # already failing the whole batch; SQLite discards it on close
-                    pass
+                conn.execute("COMMIT")
+                batch.committed = True
+        except sqlite3.Error as exc:
+            batch.failed = True
+            self._rollback(conn)
             for i in live:
                 batch.results[i] = (False, self._error("commit", exc))
             for i, (ok, value) in enumerate(batch.results):
                 if not ok and value is None:  # never reached
                     batch.results[i] = (False, self._error("commit", exc))
         return batch
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:  # the batch is failing already; SQLite discards it on close
+                pass
 
     def _wrap(self, exc: Exception) -> Exception:
         return self._error("write", exc) if isinstance(exc, sqlite3.Error) else exc
@@ -203,7 +245,9 @@ class Reader:
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._conn is None:
-            raise TransportError(f"embedded transport {self._path}: not running; call start() first")
+            raise TransportError(
+                f"embedded transport {self._path}: not running; call start() first"
+            )
         conn = self._conn
         return await asyncio.get_running_loop().run_in_executor(
             self._thread, lambda: fn(conn, *args, **kwargs)

@@ -51,12 +51,19 @@ def _server(app: ASGIApp) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:  # uvicorn exits the process when the app's startup fails
+        raise RuntimeError(f"server startup failed (uvicorn exit code {exc.code}); see the app's lifespan") from None
+
+
 @asynccontextmanager
 async def serve_app(app: ASGIApp, host: str = "127.0.0.1") -> AsyncIterator[str]:
     """Serve ``app`` on ``host`` in the running event loop; yields ``http://host:port``."""
     sock = _bind(host)
     server = _server(app)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    task = asyncio.create_task(_serve(server, sock))
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not server.started:
@@ -82,7 +89,7 @@ def run_in_thread(app: ASGIApp, host: str = "127.0.0.1") -> Iterator[str]:
 
     def main() -> None:
         try:
-            asyncio.run(server.serve(sockets=[sock]))
+            asyncio.run(_serve(server, sock))
         except BaseException as exc:  # noqa: BLE001 — handed to the caller's thread below
             failure.append(exc)
 

@@ -35,8 +35,9 @@ class SinkRequest:
     """One request as the sink received it; ``headers`` keys are lower-case."""
 
     method: str
-    path: str
-    query: dict[str, str]
+    path: str  # decoded
+    query: dict[str, str]  # the last value of a repeated key
+    target: str  # path and query exactly as sent on the wire, e.g. /t/a%2Fb?x=1&x=2
     headers: dict[str, str]
     body: bytes
     json: Any  # parsed body, or None when it is not JSON
@@ -67,15 +68,23 @@ class SinkState:
         self.duplicates = 0
         self.down = False  # True: answer every request 503
         self.delay = 0.0  # seconds to wait before answering (returns early if the client leaves)
-        self._script: deque[_Answer] = deque()
+        self._script: deque[tuple[str | None, _Answer]] = deque()  # (path or None, answer)
         self._default: _Answer | None = None
         self._by_key: dict[str, _Answer] = {}
 
-    def fail_next(self, n: int = 1, status: int = 503, retry_after: float | None = None) -> None:
-        """Answer the next ``n`` requests with ``status`` (and ``Retry-After``), then as before."""
+    def fail_next(
+        self,
+        n: int = 1,
+        status: int = 503,
+        retry_after: float | None = None,
+        *,
+        json: Any = None,
+        path: str | None = None,
+    ) -> None:
+        """Answer the next ``n`` requests (to ``path`` only, if given) with ``status``, then as before."""
         headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else {}
-        body = orjson.dumps({"error": f"scripted failure {status}"})
-        self._script.extend(_Answer(status, body, headers) for _ in range(n))
+        body = orjson.dumps(json if json is not None else {"error": f"scripted failure {status}"})
+        self._script.extend((path, _Answer(status, body, headers)) for _ in range(n))
 
     def respond(self, status: int = 200, json: Any = None, *, text: str | None = None,
                 headers: dict[str, str] | None = None) -> None:
@@ -111,8 +120,10 @@ class SinkState:
         if key and key in self._by_key:
             self.duplicates += 1
             return self._by_key[key]
-        if self._script:
-            return self._script.popleft()
+        for i, (path, scripted) in enumerate(self._script):
+            if path is None or path == rec.path:
+                del self._script[i]
+                return scripted
         answer = self._default or _Answer(200, orjson.dumps({"ok": True, "n": len(self.delivered) + 1}))
         if 200 <= answer.status < 300:
             self.delivered.append(rec)
@@ -126,6 +137,12 @@ def _parse(body: bytes) -> Any:
         return orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         return None
+
+
+def _target(request: Request) -> str:
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    return (raw + b"?" + query if query else raw).decode("latin-1")
 
 
 async def _wait(request: Request, seconds: float) -> None:
@@ -144,6 +161,7 @@ def make_sink_app(state: SinkState) -> Starlette:
             method=request.method,
             path=request.url.path,
             query=dict(request.query_params),
+            target=_target(request),
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
             json=_parse(body),
@@ -152,6 +170,8 @@ def make_sink_app(state: SinkState) -> Starlette:
         state.requests.append(rec)
         if state.delay:
             await _wait(request, state.delay)
+            if await request.is_disconnected():  # the client gave up: nothing was delivered
+                return Response(status_code=499)
         return state.answer(rec).response()
 
     return Starlette(routes=[Route("/{path:path}", handle, methods=_METHODS)])

@@ -93,11 +93,11 @@ async def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path, sink):
         await wait_healthy(url, proc)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            delivered = {r.json["order"] for r in state.requests if r.status < 300}
+            delivered = {r.json["order"] for r in state.delivered}
             if acked <= delivered:
                 break
             await asyncio.sleep(0.1)
-        delivered = {r.json["order"] for r in state.requests if r.status < 300}
+        delivered = {r.json["order"] for r in state.delivered}
         assert acked - delivered == set(), f"{len(acked - delivered)} acknowledged messages lost"
     finally:
         proc.send_signal(signal.SIGTERM)
