@@ -253,6 +253,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.cmd != "run":
+        from bus.logs import configure
+
+        configure("warning")  # logs go to stderr; stdout is for the command's answer
     return args.fn(args)
 
 

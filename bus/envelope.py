@@ -7,8 +7,9 @@ so a retry always starts from exactly what the failed step saw.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 from ulid import ULID

@@ -110,9 +110,8 @@ async def bus_url(config_path: Path, url: str | None) -> str | None:
     """The URL of a running bus for this configuration, or None if none answers."""
     if url:
         return url
-    from connectors.registry import ConnectorRegistry
-
     from bus.config.loader import load_config
+    from connectors.registry import ConnectorRegistry
 
     cfg = load_config(config_path, connector_types=ConnectorRegistry.from_entry_points().types)
     http = cfg.settings.http

@@ -7,9 +7,10 @@ the YAML line that declared it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,7 @@ class HttpSource:  # sync API flows (issue: advanced flows); also POST /flows/{n
     loc: Location = NOWHERE
 
 
-Source = Union[EventSource, TopicSource, HttpSource]
+Source = EventSource | TopicSource | HttpSource
 
 
 # ----- steps --------------------------------------------------------------------------
@@ -158,7 +159,7 @@ class PublishStep:
     loc: Location = NOWHERE
 
 
-Step = Union[ValidateStep, MapStep, FilterStep, RouteStep, ToStep, PublishStep]
+Step = ValidateStep | MapStep | FilterStep | RouteStep | ToStep | PublishStep
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,6 +217,13 @@ class GroupCommitWriter:
                 pass
 
     def _wrap(self, exc: Exception) -> Exception:
+        if isinstance(exc, sqlite3.IntegrityError):  # a caller's mistake, not the disk's
+            err = TransportError(
+                f"embedded transport {self._path}: refused a write ({exc}); a message with "
+                "that id is already stored — give every new message its own id (Envelope.new)"
+            )
+            err.__cause__ = exc
+            return err
         return self._error("write", exc) if isinstance(exc, sqlite3.Error) else exc
 
     async def close(self) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC
 
-import pytest
 from standardwebhooks.webhooks import Webhook
 
 from bus.transport.base import MessageState
-from tests.e2e.conftest import SECRET
+from tests.conftest import SECRET
 
 
 def flows(sink_url: str, *, extra_steps: str = "", retry: str = "") -> str:
@@ -52,9 +52,9 @@ fields:
 def signed(payload: dict, msg_id: str = "msg_1") -> tuple[bytes, dict[str, str]]:
     body = json.dumps(payload).encode()
     ts = int(time.time())
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    sig = Webhook(SECRET).sign(msg_id, datetime.fromtimestamp(ts, tz=timezone.utc), body.decode())
+    sig = Webhook(SECRET).sign(msg_id, datetime.fromtimestamp(ts, tz=UTC), body.decode())
     headers = {
         "webhook-id": msg_id,
         "webhook-timestamp": str(ts),

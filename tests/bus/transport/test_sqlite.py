@@ -203,3 +203,20 @@ async def test_publish_before_start_is_refused(tmp_path: Path) -> None:
     transport = SqliteTransport(tmp_path / "bus.sqlite3")
     with pytest.raises(TransportError, match="start"):
         await transport.publish([Envelope.new("x", {})])
+
+
+async def test_republishing_an_id_is_refused(tmp_path: Path) -> None:
+    """Publishing an envelope whose id is already stored fails alone and says why."""
+    transport = await started(tmp_path / "bus.sqlite3")
+    try:
+        env = Envelope.new("x", {})
+        await transport.publish([env])
+        other = Envelope.new("x", {})
+        results = await asyncio.gather(
+            transport.publish([env]), transport.publish([other]), return_exceptions=True
+        )
+        assert isinstance(results[0], TransportError) and "already stored" in str(results[0])
+        assert results[1].accepted == [other.id]  # type: ignore[union-attr]
+        assert await transport.backlog("x") == 2
+    finally:
+        await transport.close()
