@@ -194,7 +194,7 @@ class FlowRunner:
         if not retryable:
             entries.append(self._entry(env, cf, "step", instr, "fail", error=error))
             bound.warning("dead_letter", error=error, reason="permanent")
-            await delivery.dead(env, error, chain, entries)
+            await self._dead(delivery, cf, env, error, chain, entries)
             return
         policy = instr.retry or cf.flow.retry
         retry_after = getattr(exc, "retry_after", None)
@@ -218,7 +218,21 @@ class FlowRunner:
             self._entry(env, cf, "step", instr, "fail", error=error, detail={"reason": verdict.reason})
         )
         bound.warning("dead_letter", error=error, reason=verdict.reason)
-        await delivery.dead(env, f"{error} ({verdict.reason})", chain, entries)
+        await self._dead(delivery, cf, env, f"{error} ({verdict.reason})", chain, entries)
+
+    async def _dead(
+        self,
+        delivery: Delivery,
+        cf: CompiledFlow,
+        env: Envelope,
+        error: str,
+        chain: list[str],
+        entries: list[LedgerEntry],
+    ) -> None:
+        await delivery.dead(env, error, chain, entries)
+        if not cf.flow.dead_letter.enabled:
+            # The flow asked not to keep dead letters: drop it, the ledger keeps the story.
+            await self.transport.purge([env.id])
 
     def _entry(
         self,

@@ -32,6 +32,7 @@ def build_transport(config: Config) -> Transport:
             s.data_dir / "tieline.db",
             backlog_limit=s.backlog_limit,
             dedupe_window=s.dedupe_window,
+            retention=s.retention,
             sync=s.sync,
         )
     raise TielineError(f"transport {s.transport!r} is not available in this build")

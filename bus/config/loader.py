@@ -140,7 +140,8 @@ class _Builder:
         return m.Settings(
             **simple, http=http_settings,
             data_dir=Path(os.path.abspath(self.base / raw.get("data_dir", "data"))),
-            dedupe_window=parse_duration(raw.get("dedupe_window", 7 * 86400)))
+            dedupe_window=parse_duration(raw.get("dedupe_window", 7 * 86400)),
+            retention=parse_duration(raw.get("retention", 7 * 86400)))
 
     def mappings(self) -> None:
         given = self.data.get("mappings_dir") if self.sound(("mappings_dir",)) else None

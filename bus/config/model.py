@@ -41,6 +41,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     backlog_limit: int = 100_000  # non-terminal messages before ingress answers 503
     dedupe_window: float = 7 * 86400.0  # seconds an inbound dedupe key is remembered
+    retention: float = 7 * 86400.0  # seconds finished messages and their ledger are kept
     sync: Literal["full", "normal"] = "full"  # SQLite synchronous mode for the embedded transport
     sandbox: bool = False
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"

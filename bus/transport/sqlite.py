@@ -51,6 +51,7 @@ class SqliteTransport(Transport):
         *,
         backlog_limit: int = 100_000,
         dedupe_window: float = 7 * 86400,
+        retention: float = 7 * 86400,
         sync: Sync = "full",
         clock: Callable[[], float] = time.time,
         poll_interval: float = 0.05,
@@ -62,6 +63,7 @@ class SqliteTransport(Transport):
         self.clock = clock
         self._limit = backlog_limit
         self._dedupe_window = dedupe_window
+        self._retention = retention
         self._poll = poll_interval
         self.writer = GroupCommitWriter(self.path, connect, sync)
         self._reader = Reader(self.path, connect, sync)
@@ -129,6 +131,7 @@ class SqliteTransport(Transport):
         def work(conn):
             if now - self._dedupe_expired_at >= DEDUPE_EXPIRY_EVERY:
                 store.dedupe_expire(conn, now)
+                store.prune_finished(conn, now - self._retention)
                 self._dedupe_expired_at = now
             if dedupe_key is not None:
                 first = store.dedupe_lookup(conn, dedupe_key, now)

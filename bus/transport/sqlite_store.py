@@ -132,6 +132,20 @@ def dedupe_lookup(conn: sqlite3.Connection, key: str, now: float) -> list[str] |
     return orjson.loads(row[0]) if row else None
 
 
+def prune_finished(conn: sqlite3.Connection, before: float) -> int:
+    """Forget delivered, filtered and purged messages (and their ledger) last touched before ``before``."""
+    done = (MessageState.DELIVERED.value, MessageState.FILTERED.value, MessageState.PURGED.value)
+    conn.execute(
+        "DELETE FROM ledger WHERE message_id IN (SELECT id FROM messages "
+        "WHERE state IN (?, ?, ?) AND updated_at < ?)",
+        (*done, before),
+    )
+    cur = conn.execute(
+        "DELETE FROM messages WHERE state IN (?, ?, ?) AND updated_at < ?", (*done, before)
+    )
+    return cur.rowcount
+
+
 def dedupe_insert(
     conn: sqlite3.Connection, key: str, ids: Sequence[str], expires_at: float
 ) -> None:

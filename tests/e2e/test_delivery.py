@@ -157,3 +157,16 @@ async def test_duplicate_vendor_event_processed_once(make_bus, sink):
         assert second.json()["events"][0]["duplicate_of"] == [mid]
         assert await bus.wait_state(mid) == MessageState.DELIVERED
     assert len(state.requests) == 1
+
+
+async def test_dead_letter_disabled_drops_but_keeps_history(make_bus, sink):
+    """With dead_letter.enabled false a failed message is not kept for replay; its history is."""
+    state, url = sink
+    state.fail_next(1, status=400)
+    text = flows(url).replace("    steps:\n", "    dead_letter: {enabled: false}\n    steps:\n", 1)
+    async with make_bus(text, {"order_to_sink": MAPPING}) as bus:
+        (mid,) = (await post_order(bus)).json()["accepted"]
+        assert await bus.wait_state(mid, states={MessageState.PURGED}) == MessageState.PURGED
+        assert await bus.runtime.transport.dead_letters() == []
+        kinds = [e.kind for e in await bus.runtime.transport.history(mid)]
+    assert kinds[-2:] == ["dead", "purged"]

@@ -220,3 +220,32 @@ async def test_republishing_an_id_is_refused(tmp_path: Path) -> None:
         assert await transport.backlog("x") == 2
     finally:
         await transport.close()
+
+
+async def test_finished_messages_are_pruned_after_retention(tmp_path: Path) -> None:
+    """Delivered messages and their ledger are forgotten after the retention; dead letters stay."""
+    now = [1_000_000.0]
+    transport = await started(tmp_path / "bus.sqlite3", retention=3600, clock=lambda: now[0])
+    try:
+        done, dead = Envelope.new("jobs", {"n": 1}), Envelope.new("jobs", {"n": 2})
+
+        async def act(d: Delivery) -> None:
+            if d.envelope.id == done.id:
+                await complete(d)
+            else:
+                await d.dead(d.envelope, "boom", ["boom"])
+
+        recorder = Recorder(act)
+        transport.consume("jobs", recorder)
+        await transport.publish([done, dead])
+        await recorder.take(2)
+        now[0] += 1800
+        await transport.publish([Envelope.new("other", {})])  # housekeeping runs with writes
+        assert (await transport.message(done.id)).state == MessageState.DELIVERED
+        now[0] += 3600
+        await transport.publish([Envelope.new("other", {})])
+        assert await transport.message(done.id) is None
+        assert await transport.history(done.id) == []
+        assert (await transport.message(dead.id)).state == MessageState.DEAD
+    finally:
+        await transport.close()
