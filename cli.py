@@ -157,8 +157,15 @@ def cmd_connectors(args: argparse.Namespace) -> int:
     from connectors.registry import ConnectorRegistry
 
     reg = ConnectorRegistry.from_entry_points()
+    if getattr(args, "connectors_cmd", None) == "show":
+        return _show_connector(reg, args.type)
+    if args.json:
+        _print_json({name: _describe(cls) for name, cls in sorted(reg.types.items())}
+                    | {name: {"error": err} for name, err in reg.failures.items()})
+        return 1 if reg.failures else 0
     for name, cls in sorted(reg.types.items()):
-        print(f"{name}: {cls.description or cls.__doc__.splitlines()[0] if cls.__doc__ else ''}")
+        summary = cls.description or (cls.__doc__ or "").strip().splitlines()[0:1]
+        print(f"{name}: {summary if isinstance(summary, str) else ''.join(summary)}")
         if cls.actions:
             print(f"  actions: {', '.join(sorted(cls.actions))}")
         if cls.events:
@@ -166,6 +173,39 @@ def cmd_connectors(args: argparse.Namespace) -> int:
     for name, err in sorted(reg.failures.items()):
         print(f"{name}: FAILED TO LOAD — {err}")
     return 1 if reg.failures else 0
+
+
+def _describe(cls: Any) -> dict:
+    return {
+        "description": cls.description or (cls.__doc__ or "").strip(),
+        "config_schema": cls.config_schema,
+        "events": dict(cls.events),
+        "actions": {
+            name: {"description": a.description, "input_schema": a.input_schema}
+            for name, a in cls.actions.items()
+        },
+        "secret_fields": sorted(cls.secret_fields),
+    }
+
+
+def _show_connector(reg: Any, type_name: str) -> int:
+    import yaml
+
+    cls = reg.types.get(type_name)
+    if cls is None:
+        err = reg.failures.get(type_name)
+        if err:
+            print(f"connector type {type_name!r} failed to load: {err}", file=sys.stderr)
+        else:
+            print(f"no connector type {type_name!r}; installed: {', '.join(sorted(reg.types))}",
+                  file=sys.stderr)
+        return 1
+    info = _describe(cls)
+    example = getattr(cls, "example_settings", None)
+    if example:
+        info["example"] = {"connectors": {f"my_{type_name}": {"type": type_name, "settings": example}}}
+    print(yaml.safe_dump({type_name: info}, sort_keys=False, allow_unicode=True, width=100))
+    return 0
 
 
 def _async(fn):  # noqa: ANN001, ANN202
@@ -246,7 +286,11 @@ def parser() -> argparse.ArgumentParser:
     with_config(d)
     sp.set_defaults(fn=_async(_dlq))
 
-    sp = sub.add_parser("connectors", help="list installed connector types")
+    sp = sub.add_parser("connectors", help="installed connector types: list, or show one")
+    sp.add_argument("--json", action="store_true")
+    csub = sp.add_subparsers(dest="connectors_cmd")
+    cs = csub.add_parser("show", help="config schema, events, actions and an example of a type")
+    cs.add_argument("type")
     sp.set_defaults(fn=cmd_connectors)
     return p
 

@@ -93,6 +93,6 @@ def routes(runtime: Runtime) -> list[Route]:
         return JSON({"accepted": [mid]}, status_code=202)
 
     return [
-        Route("/hooks/{connector}", hook, methods=["POST"]),
+        Route("/hooks/{connector}", hook, methods=["POST", "GET"]),  # GET: Kannel-style callbacks
         Route("/flows/{flow}", flow_entry, methods=["POST"]),
     ]
