@@ -16,6 +16,7 @@ from jmespath.exceptions import JMESPathError
 from bus.envelope import EVENT, SOURCE, TRACEPARENT, Envelope
 from bus.errors import MappingError, PayloadError
 from bus.flow import CompiledFlow
+from bus.observe import Observer
 from bus.transport.base import Transport
 from connectors.base import Connector, InboundEvent
 
@@ -46,7 +47,9 @@ class Ingress:
         flows: Mapping[str, CompiledFlow],
         connectors: Mapping[str, Connector],
         transport: Transport,
+        observer: Observer | None = None,
     ):
+        self.observer = observer or Observer()
         self.flows = flows
         self.connectors = connectors
         self.transport = transport
@@ -96,6 +99,9 @@ class Ingress:
             return Admission(event.name, unrouted=True)
         dedupe = f"{connector_name}:{event.dedupe_key}" if event.dedupe_key else None
         result = await self.transport.publish(envelopes, dedupe_key=dedupe)
+        if result.duplicate_of is None:
+            for e in envelopes:
+                self.observer.received(e.flow)
         return Admission(event.name, accepted=result.accepted, duplicate_of=result.duplicate_of)
 
     async def admit_to_flow(
@@ -108,6 +114,7 @@ class Ingress:
             hdrs[TRACEPARENT] = headers[TRACEPARENT]
         env = Envelope.new(flow_name, body, hdrs, flow_version=cf.version)
         await self.transport.publish([env])
+        self.observer.received(flow_name)
         return env.id
 
 

@@ -18,6 +18,7 @@ from jmespath.exceptions import JMESPathError
 from bus.envelope import TRACEPARENT, Envelope
 from bus.errors import ConnectorError, MappingError, PermanentError, RetryableError
 from bus.flow import CompiledFlow, Instr
+from bus.observe import Observer
 from bus.retry import decide
 from bus.steps import StepFailure, run_pure
 from bus.transport.base import Delivery, LedgerEntry, MessageState, Transport
@@ -71,7 +72,9 @@ class FlowRunner:
         transport: Transport,
         *,
         clock: Callable[[], float] = time.time,
+        observer: Observer | None = None,
     ):
+        self.observer = observer or Observer()
         self.flows = flows
         self.connectors = connectors
         self.transport = transport
@@ -91,6 +94,7 @@ class FlowRunner:
         if cf is None:
             await delivery.dead(env, f"flow {env.flow!r} is not defined", [])
             return
+        self.observer.started(cf.name)
         entries: list[LedgerEntry] = []
         emits: list[tuple[Envelope, float]] = []
         program = cf.program
@@ -124,10 +128,21 @@ class FlowRunner:
                 if out.filtered:
                     entries.append(self._entry(env, cf, "filtered", instr, None, detail=out.note))
                     await delivery.complete(MessageState.FILTERED, env, entries)
+                    self._finished(cf, env, "filtered")
                     return
         entries.append(LedgerEntry(env.id, "delivered", self.clock(), flow=cf.name))
         await delivery.complete(MessageState.DELIVERED, env, entries, emits)
+        self._finished(cf, env, "delivered")
+        if emits:
+            self._received_children([c for c, _ in emits])
         log.debug("delivered", message_id=env.id, flow=cf.name)
+
+    def _finished(self, cf: CompiledFlow, env: Envelope, outcome: str) -> None:
+        self.observer.finished(cf.name, outcome, self.clock() - env.first_seen)
+
+    def _received_children(self, children: Sequence[Envelope]) -> None:
+        for child in children:
+            self.observer.received(child.flow)
 
     async def _call(
         self, cf: CompiledFlow, instr: Instr, env: Envelope, entries: list[LedgerEntry]
@@ -144,8 +159,18 @@ class FlowRunner:
             traceparent=env.headers.get(TRACEPARENT),
         )
         started = self.clock()
-        result = await connector.call(instr.action, payload, ctx)
-        took = round((self.clock() - started) * 1000, 2)
+        try:
+            result = await connector.call(instr.action, payload, ctx)
+        except BaseException as exc:
+            outcome = (
+                "retryable" if isinstance(exc, RetryableError)
+                else "permanent" if isinstance(exc, PermanentError) else "error"
+            )
+            self.observer.connector_call(instr.connector, instr.action, outcome, self.clock() - started)
+            raise
+        elapsed = self.clock() - started
+        self.observer.connector_call(instr.connector, instr.action, "ok", elapsed)
+        took = round(elapsed * 1000, 2)
         entries.append(self._entry(env, cf, "step", instr, "ok", detail={"ms": took}))
         context = dict(env.context)
         if instr.as_:
@@ -166,9 +191,11 @@ class FlowRunner:
         if children and cf.to_ahead[env.cursor + 1]:
             # A later to: may fail and retry from there; publish now, deduplicated so a redo
             # after a crash does not emit twice.
-            await self.transport.publish(
+            result = await self.transport.publish(
                 children, dedupe_key=f"emit:{env.id}:{env.cursor}", delay=delay
             )
+            if result.duplicate_of is None:
+                self._received_children(children)
         else:
             emits.extend((c, delay) for c in children)
         entries.append(
@@ -213,6 +240,7 @@ class FlowRunner:
             )
             bound.info("retry_scheduled", error=error, delay=round(verdict.delay, 3))
             await delivery.retry(env.evolve(attempt=env.attempt + 1), verdict.delay, entries)
+            self._finished(cf, env, "retried")
             return
         entries.append(
             self._entry(env, cf, "step", instr, "fail", error=error, detail={"reason": verdict.reason})
@@ -230,6 +258,7 @@ class FlowRunner:
         entries: list[LedgerEntry],
     ) -> None:
         await delivery.dead(env, error, chain, entries)
+        self._finished(cf, env, "dead")
         if not cf.flow.dead_letter.enabled:
             # The flow asked not to keep dead letters: drop it, the ledger keeps the story.
             await self.transport.purge([env.id])

@@ -14,6 +14,7 @@ from bus.config.model import Config
 from bus.errors import TielineError
 from bus.flow import CompiledFlow, compile_all
 from bus.ingress import Ingress
+from bus.observe import Observers
 from bus.runner import FlowRunner
 from bus.transport.base import Transport
 from connectors.base import Connector, ConnectorDeps
@@ -62,8 +63,9 @@ class Runtime:
             name: registry.build(name, cc.type, cc.settings, deps)
             for name, cc in config.connectors.items()
         }
-        self.ingress = Ingress(self.flows, self.connectors, self.transport)
-        self.runner = FlowRunner(self.flows, self.connectors, self.transport)
+        self.observers = Observers()
+        self.ingress = Ingress(self.flows, self.connectors, self.transport, self.observers)
+        self.runner = FlowRunner(self.flows, self.connectors, self.transport, observer=self.observers)
         self.ready = False
 
     @classmethod
