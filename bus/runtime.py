@@ -49,7 +49,9 @@ class Runtime:
         *,
         transport: Transport | None = None,
         http: httpx.AsyncClient | None = None,
+        connectors: Mapping[str, Connector] | None = None,
     ):
+        """``connectors`` replaces the instances built from the config (flow tests use mocks)."""
         self.config = config
         self.registry = registry
         self.flows: Mapping[str, CompiledFlow] = compile_all(config)
@@ -59,7 +61,7 @@ class Runtime:
             timeout=httpx.Timeout(10.0), limits=httpx.Limits(max_connections=200)
         )
         deps = ConnectorDeps(http=self.http)
-        self.connectors: dict[str, Connector] = {
+        self.connectors: dict[str, Connector] = dict(connectors) if connectors is not None else {
             name: registry.build(name, cc.type, cc.settings, deps)
             for name, cc in config.connectors.items()
         }

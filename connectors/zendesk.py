@@ -151,7 +151,8 @@ def zendesk_message(body: Any) -> str:
     error, description = body.get("error"), body.get("description")
     if isinstance(error, Mapping):  # some endpoints nest {"error": {"title", "message"}}
         error, description = error.get("title"), error.get("message")
-    parts = [str(p) for p in (error, description) if p]
+    head = ": ".join(str(p) for p in (error, description) if p)
+    parts = [head] if head else []
     details = body.get("details")
     if isinstance(details, Mapping):
         for name, items in details.items():

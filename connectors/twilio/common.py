@@ -36,6 +36,7 @@ from connectors.base import (
     VerificationError,
     classify_http_status,
 )
+from connectors.http import where as target
 from connectors.twilio import signature
 
 API_VERSION = "2010-04-01"
@@ -139,7 +140,7 @@ class TwilioConnector(Connector):
         timeout = min(self.settings.timeout, ctx.timeout) if ctx.timeout else self.settings.timeout
         url = self.account_path(resource)
         req = self._client.build_request(method, url, data=data, params=query, headers=headers, timeout=timeout)
-        where = f"connector {self.name!r} action {action!r} at {ctx.step}: {method} {req.url.host}{req.url.path}"
+        where = f"connector {self.name!r} action {action!r} at {ctx.step}: {method} {target(req.url)}"
         try:
             resp = await self._client.send(req)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:

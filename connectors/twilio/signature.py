@@ -9,7 +9,7 @@ code search; also https://www.twilio.com/docs/usage/webhooks/webhooks-security):
 * JSON body: the URL carries ``bodySHA256=<hex SHA-256 of the raw body>`` and the signature
   covers the URL only (no parameters);
 * Twilio is inconsistent about the port: a signature is accepted when it matches the URL
-  with the port removed or with the default port (443/80) added;
+  with the port removed or with the default port (443/80) added (or the URL exactly as given);
 * a request carrying ``X-Twilio-Webhooks-Signature-Settings: key=...,algorithm=HMAC_SHA256``
   was signed with a SharedKey secret and SHA-256 instead.
 
@@ -139,7 +139,9 @@ def verify_signature(
         params = None
     expected = signature.strip().encode()
     matched = False
-    for candidate in url_variants(url):  # check both: no early exit, so timing says nothing
+    # The validator's two variants (urlparse may normalise, e.g. drop a bare '?'), and the URL as
+    # given; all are checked, no early exit, so timing says nothing.
+    for candidate in dict.fromkeys((url, *url_variants(url))):
         matched |= hmac.compare_digest(compute_signature(key, candidate, params, algorithm).encode(), expected)
     if not matched:
         raise VerificationError(

@@ -19,7 +19,6 @@ from bus.errors import PayloadError, VerificationError
 from connectors.base import ConnectorDeps, InboundRequest, PermanentError, RetryableError
 from connectors.callcenter import EVENT_TYPES, CallCenterConnector, load_schemas, sign_event
 from connectors.testing import free_port, serve_app
-from connectors.testing.faults import Faults, with_faults
 from connectors.testing.fakes.callcenter import (
     SANDBOX_SECRET,
     CallCenterSender,
@@ -27,6 +26,7 @@ from connectors.testing.fakes.callcenter import (
     make_callcenter_app,
     sample_data,
 )
+from connectors.testing.faults import Faults, with_faults
 
 NOW = 1_714_555_800.0  # 2024-05-01T09:30:00Z
 
