@@ -32,6 +32,9 @@ class Observer:
     def gauge(self, name: str, value: float, **labels: str) -> None:
         """A state reading (circuit breaker state, throttle wait, DLQ depth...)."""
 
+    def failed(self, flow: str, step: str, message_id: str, error: str, retrying: bool) -> None:
+        """A step failed for a message; ``retrying`` says whether it will be tried again."""
+
 
 class Observers(Observer):
     def __init__(self, observers: Iterable[Observer] = ()):
@@ -59,3 +62,7 @@ class Observers(Observer):
     def gauge(self, name: str, value: float, **labels: str) -> None:
         for o in self.observers:
             o.gauge(name, value, **labels)
+
+    def failed(self, flow: str, step: str, message_id: str, error: str, retrying: bool) -> None:
+        for o in self.observers:
+            o.failed(flow, step, message_id, error, retrying)

@@ -14,7 +14,9 @@ from bus.config.model import Config
 from bus.errors import TielineError
 from bus.flow import CompiledFlow, compile_all
 from bus.ingress import Ingress
+from bus.metrics import Metrics, transport_readings
 from bus.observe import Observers
+from bus.stats import Stats
 from bus.runner import FlowRunner
 from bus.transport.base import Transport
 from connectors.base import Connector, ConnectorDeps
@@ -65,7 +67,11 @@ class Runtime:
             name: registry.build(name, cc.type, cc.settings, deps)
             for name, cc in config.connectors.items()
         }
-        self.observers = Observers()
+        self.metrics = Metrics()
+        self.stats = Stats()
+        self.observers = Observers([self.metrics, self.stats])
+        flow_names = list(self.flows)
+        self.metrics.on_scrape(lambda m: transport_readings(m, self.transport, flow_names))
         self.ingress = Ingress(self.flows, self.connectors, self.transport, self.observers)
         self.runner = FlowRunner(self.flows, self.connectors, self.transport, observer=self.observers)
         self.ready = False

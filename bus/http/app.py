@@ -8,7 +8,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from bus.http import api, ingress
+from bus.http import api, ingress, observability
 from bus.http.responses import JSON, error
 
 if TYPE_CHECKING:
@@ -35,5 +35,8 @@ def build_app(runtime: Runtime) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         *ingress.routes(runtime),
         *api.routes(runtime),
+        *observability.routes(runtime),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    app.add_middleware(observability.RequestCounter, runtime=runtime)
+    return app

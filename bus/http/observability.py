@@ -1,0 +1,77 @@
+"""``/metrics`` (Prometheus), ``/api/v1/stats`` (dashboard data), ``/dashboard`` (the page)."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bus.http.responses import JSON
+from bus.metrics import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from bus.runtime import Runtime
+
+
+def routes(runtime: Runtime) -> list[Route]:
+    page = files("bus.http").joinpath("dashboard.html").read_text(encoding="utf-8")
+
+    async def metrics(request: Request) -> Response:
+        return Response(await runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def stats(request: Request) -> JSON:
+        snap = runtime.stats.snapshot()
+        dead = {}
+        for name in runtime.flows:
+            dls = await runtime.transport.dead_letters(flow=name, limit=1000)
+            dead[name] = {"depth": len(dls), "oldest": min((d.dead_at for d in dls), default=None)}
+        snap["dead_letters"] = dead
+        snap["backlog"] = {name: await runtime.transport.backlog(name) for name in runtime.flows}
+        return JSON(snap)
+
+    async def dashboard(request: Request) -> HTMLResponse:
+        return HTMLResponse(page)
+
+    return [
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/api/v1/stats", stats, methods=["GET"]),
+        Route("/dashboard", dashboard, methods=["GET"]),
+    ]
+
+
+class RequestCounter:
+    """Counts HTTP requests by route template (not raw path: ids would explode the label set)."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime):
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def watch(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            self.runtime.metrics.ingress.labels(_template(scope), str(status["code"])).inc()
+
+
+def _template(scope: Scope) -> str:
+    app = scope.get("app")
+    router = getattr(app, "router", None)
+    for route in getattr(router, "routes", ()):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return getattr(route, "path", scope["path"])
+    return "unmatched"
