@@ -208,6 +208,73 @@ def _show_connector(reg: Any, type_name: str) -> int:
     return 0
 
 
+def _load(path: str):  # noqa: ANN202
+    from bus.config.loader import load_config
+    from connectors.registry import ConnectorRegistry
+
+    return load_config(path, connector_types=ConnectorRegistry.from_entry_points().types)
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from bus.graph import mermaid
+
+    text = mermaid(_load(args.file))
+    print(f"```mermaid\n{text}```" if args.markdown else text, end="")
+    return 0
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    import httpx
+
+    from bus.ops import bus_url
+    from bus.plan import plan
+
+    new = _load(args.file)
+    url = await bus_url(Path(args.file), args.url)
+    if url is None:
+        print(f"no running bus answers for {args.file}; start it or give --url", file=sys.stderr)
+        return 1
+    async with httpx.AsyncClient(timeout=10) as c:
+        running = (await c.get(url + "/api/v1/flows")).json()["flows"]
+    result = plan(running, new)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print("\n".join(result.lines()))
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    import httpx
+
+    from bus.ops import bus_url
+
+    url = await bus_url(Path(args.config), args.url)
+    if url is None:
+        print(f"no running bus answers for {args.config}", file=sys.stderr)
+        return 1
+    async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+        flows = (await c.get("/api/v1/flows")).json()["flows"]
+        stats = (await c.get("/api/v1/stats")).json()
+    if args.json:
+        _print_json({"url": url, "flows": flows, "stats": stats})
+        return 0
+    window = stats["windows"]["5m"]
+    print(f"bus at {url}")
+    print(f"{'flow':32} {'ver':12} {'backlog':>8} {'dead':>6} {'5m ok':>7} {'5m p95':>8}")
+    for f in flows:
+        s = window["flows"].get(f["name"], {})
+        rate = s.get("success_rate")
+        dead = stats["dead_letters"].get(f["name"], {}).get("depth", 0)
+        print(f"{f['name']:32} {f['version']:12} {f['backlog']:>8} {dead:>6} "
+              f"{'-' if rate is None else f'{rate:.0%}':>7} {s.get('p95_ms') or '-':>8}")
+    for name, s in window["connectors"].items():
+        rate = s.get("success_rate")
+        print(f"connector {name}: {s['count']} calls, "
+              f"{'-' if rate is None else f'{rate:.0%}'} ok, p95 {s.get('p95_ms')} ms")
+    return 0
+
+
 def _async(fn):  # noqa: ANN001, ANN202
     def run(args: argparse.Namespace) -> int:
         from bus.ops import OpsError
@@ -285,6 +352,22 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--flow")
     with_config(d)
     sp.set_defaults(fn=_async(_dlq))
+
+    sp = sub.add_parser("graph", help="print the flows as a Mermaid diagram")
+    sp.add_argument("file", nargs="?", default=DEFAULT_FLOWS)
+    sp.add_argument("--markdown", action="store_true", help="wrap in a ```mermaid block")
+    sp.set_defaults(fn=cmd_graph)
+
+    sp = sub.add_parser("plan", help="what reloading FILE would change in the running bus")
+    sp.add_argument("file", nargs="?", default=DEFAULT_FLOWS)
+    sp.add_argument("--url")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=_async(_plan))
+
+    sp = sub.add_parser("status", help="flows, backlog, dead letters and connectors of a running bus")
+    sp.add_argument("--json", action="store_true")
+    with_config(sp)
+    sp.set_defaults(fn=_async(_status))
 
     sp = sub.add_parser("connectors", help="installed connector types: list, or show one")
     sp.add_argument("--json", action="store_true")

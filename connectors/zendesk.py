@@ -44,7 +44,7 @@ from connectors.base import (
     VerificationError,
     action,
 )
-from connectors.redmine import VendorClient
+from connectors.vendor import VendorClient
 
 log = structlog.get_logger(__name__)
 
@@ -197,7 +197,7 @@ class ZendeskConnector(Connector):
         self.http = VendorClient(
             name, self.settings.base_url, {"Authorization": self.settings.auth_header},
             self.settings.timeout, zendesk_message, self.deps.http,
-            secrets=[self.settings.auth_header, str(settings.get("api_token", "")), str(settings.get("oauth_token", ""))],
+            secrets=[self.settings.auth_header, settings.get("api_token") or "", settings.get("oauth_token") or ""],
         )
 
     async def start(self) -> None:

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from bus.http.responses import JSON, error
+from bus.plan import describe_source
 from bus.transport.base import MessageRecord, MessageState
 
 if TYPE_CHECKING:
@@ -61,7 +62,8 @@ def routes(runtime: Runtime) -> list[Route]:
                     "name": f.name,
                     "version": f.version,
                     "enabled": f.enabled,
-                    "source": str(f.loc),
+                    "from": describe_source(f),
+                    "location": str(f.loc),
                     "backlog": await transport.backlog(f.name),
                 }
             )
