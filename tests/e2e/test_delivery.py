@@ -170,3 +170,15 @@ async def test_dead_letter_disabled_drops_but_keeps_history(make_bus, sink):
         assert await bus.runtime.transport.dead_letters() == []
         kinds = [e.kind for e in await bus.runtime.transport.history(mid)]
     assert kinds[-2:] == ["dead", "purged"]
+
+
+async def test_traceparent_travels_from_ingress_to_outbound_call(make_bus, sink):
+    """A W3C traceparent received on ingress is sent on the outbound call for that message."""
+    state, url = sink
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with make_bus(flows(url), {"order_to_sink": MAPPING}) as bus:
+        body, headers = signed(ORDER, "evt_tp")
+        r = await bus.client.post("/hooks/vendor", content=body, headers={**headers, "traceparent": tp})
+        (mid,) = r.json()["accepted"]
+        assert await bus.wait_state(mid) == MessageState.DELIVERED
+    assert state.delivered[0].headers["traceparent"] == tp
