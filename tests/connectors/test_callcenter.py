@@ -231,9 +231,9 @@ async def test_send_event_classifies_receiver_failures(receiver, ctx, status, re
 async def test_send_event_timeout_and_refused_are_retryable(receiver, ctx):
     """A slow receiver and a closed port both give RetryableError."""
     _, faults, url = receiver
-    faults.slow_next(1, seconds=2)
+    faults.slow_next(1, seconds=0.5)
     payload = {"type": "call.started", "data": sample_data("call.started")}
-    slow = CallCenterConnector("calls", {"secret": SANDBOX_SECRET, "url": url, "timeout": 0.2})
+    slow = CallCenterConnector("calls", {"secret": SANDBOX_SECRET, "url": url, "timeout": 0.1})
     with pytest.raises(RetryableError, match="timed out"):
         await slow.call("send_event", payload, ctx)
     await slow.close()
