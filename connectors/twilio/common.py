@@ -200,10 +200,14 @@ class TwilioConnector(Connector):
         given = request.header(signature.SIGNATURE_HEADER)
         if _is_json(request):
             signature.verify_signature(key, url, given, body=request.body, algorithm=algorithm)
-            return
-        pairs = _form_pairs(request) if request.method.upper() == "POST" else []
-        signature.verify_signature(key, url, given, params=pairs, algorithm=algorithm)
-        self._check_age(dict(pairs).get("Timestamp") or dict(pairs).get("timestamp"))
+        else:
+            pairs = _form_pairs(request) if request.method.upper() == "POST" else []
+            signature.verify_signature(key, url, given, params=pairs, algorithm=algorithm)
+        try:
+            stamp = self.params(request).get("Timestamp")
+        except PayloadError:
+            return  # authentic but malformed: parse() reports it
+        self._check_age(stamp)
 
     def _check_age(self, stamp: str | None) -> None:
         """Twilio signatures carry no time; the signed ``Timestamp`` parameter bounds replays."""
