@@ -204,7 +204,11 @@ def _show_connector(reg: Any, type_name: str) -> int:
     example = getattr(cls, "example_settings", None)
     if example:
         info["example"] = {"connectors": {f"my_{type_name}": {"type": type_name, "settings": example}}}
-    print(yaml.safe_dump({type_name: info}, sort_keys=False, allow_unicode=True, width=100))
+    class Plain(yaml.SafeDumper):  # shared schema fragments print in full, not as &anchors
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    print(yaml.dump({type_name: info}, Dumper=Plain, sort_keys=False, allow_unicode=True, width=100))
     return 0
 
 

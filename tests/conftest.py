@@ -15,7 +15,7 @@ import pytest
 from bus.http.app import build_app
 from bus.runtime import Runtime
 from bus.transport.base import TERMINAL, MessageState
-from connectors.testing.server import serve_app
+from connectors.testing.server import bind, serve_app
 from connectors.testing.sink import SinkState, make_sink_app
 
 SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLWUyZS10ZXN0cw=="  # base64("test-secret-for-e2e-tests")
@@ -55,10 +55,13 @@ def make_bus(tmp_path: Path) -> Callable[..., object]:
             (tmp_path / "mappings" / f"{name}.yaml").write_text(text)
         path = tmp_path / "flows.yaml"
         path.write_text(flows_yaml)
-        runtime = Runtime.from_file(path, env=env or {})
+        sock, bus_url = bind()  # known before the config loads: ${BUS_URL} (sandbox flows)
+        # Values may name the bus's own URL as {BUS_URL} (connectors calling its sandbox).
+        own = {k: v.replace("{BUS_URL}", bus_url) for k, v in (env or {}).items()}
+        runtime = Runtime.from_file(path, env={"BUS_URL": bus_url, **own})
         await runtime.start()
         try:
-            async with serve_app(build_app(runtime)) as url:
+            async with serve_app(build_app(runtime), sock=sock) as url:
                 async with httpx.AsyncClient(base_url=url, timeout=10) as client:
                     yield Bus(runtime, url, client)
         finally:

@@ -37,6 +37,10 @@ def build_app(runtime: Runtime) -> Starlette:
         *api.routes(runtime),
         *observability.routes(runtime),
     ]
+    if runtime.config.settings.sandbox:
+        from bus.sandbox import routes as sandbox_routes
+
+        routes += sandbox_routes()
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
     app.add_middleware(observability.RequestCounter, runtime=runtime)
     return app

@@ -69,7 +69,8 @@ def routes(runtime: Runtime) -> list[Route]:
             log.info("hook_refused", connector=name, error=str(exc))
             return _refusal(exc)
         accepted = [mid for r in results for mid in r.accepted]
-        all_duplicates = results and all(r.duplicate_of is not None for r in results)
+        # 200 when nothing new was taken: every event a duplicate, or the request held none.
+        all_duplicates = all(r.duplicate_of is not None for r in results)
         return JSON(
             {"accepted": accepted, "events": [r.to_dict() for r in results]},
             status_code=200 if all_duplicates else 202,

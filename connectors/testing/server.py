@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager, contextmanager
 import uvicorn
 from starlette.types import ASGIApp
 
-__all__ = ["serve_app", "run_in_thread", "free_port"]
+__all__ = ["bind", "serve_app", "run_in_thread", "free_port"]
 
 STARTUP_TIMEOUT = 10.0
 
@@ -33,6 +33,12 @@ def _bind(host: str) -> socket.socket:
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
+
+
+def bind(host: str = "127.0.0.1") -> tuple[socket.socket, str]:
+    """A listening socket on a free port and its base URL, for :func:`serve_app`'s ``sock``."""
+    sock = _bind(host)
+    return sock, f"http://{host}:{sock.getsockname()[1]}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -59,9 +65,15 @@ async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
 
 
 @asynccontextmanager
-async def serve_app(app: ASGIApp, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Serve ``app`` on ``host`` in the running event loop; yields ``http://host:port``."""
-    sock = _bind(host)
+async def serve_app(
+    app: ASGIApp, host: str = "127.0.0.1", *, sock: socket.socket | None = None
+) -> AsyncIterator[str]:
+    """Serve ``app`` on ``host`` in the running event loop; yields ``http://host:port``.
+
+    ``sock``: an already bound socket (see :func:`bind`), when the URL must be known before the
+    app is built (a bus whose connectors call its own sandbox).
+    """
+    sock = sock or _bind(host)
     server = _server(app)
     task = asyncio.create_task(_serve(server, sock))
     try:
