@@ -276,7 +276,7 @@ class AfterShipConnector(Connector):
         # Not connectors.http.send: a 429 here says when to retry in X-RateLimit-Reset, a header
         # send()'s classification does not see.
         target = f"connector {self.name!r} action {action_name!r} at {ctx.step}: {method} {http_where(req.url)}"
-        secrets = [self.settings.api_key]
+        secrets = [self.settings.api_key, self.settings.webhook_secret]
         try:
             response = await self._client.send(req)
         except httpx.TimeoutException as exc:

@@ -87,6 +87,7 @@ class HttpSettings:
     path: str = "/"
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    credentials: tuple[str, ...] = field(default=(), repr=False)  # bare token/password/key
     timeout: float = 10.0
     verify_tls: bool = True
 
@@ -97,13 +98,27 @@ class HttpSettings:
             path=raw.get("path", "/"),
             headers=dict(raw.get("headers") or {}),
             auth_headers=auth_headers(raw.get("auth")),
+            credentials=tuple(_credential_values(raw.get("auth") or {})),
             timeout=float(raw.get("timeout", 10)),
             verify_tls=bool(raw.get("verify_tls", True)),
         )
 
     def secrets(self) -> list[str]:
         """Every string that must never show in an error or log (header values, credentials)."""
-        return [v for v in (*self.headers.values(), *self.auth_headers.values()) if v]
+        raw = [v for v in (*self.headers.values(), *self.auth_headers.values()) if v]
+        # The bare credential too: a vendor may echo the token without its "Bearer " prefix.
+        raw += self.credentials
+        return sorted(set(raw), key=len, reverse=True)  # longest first: no partial leftovers
+
+
+def _credential_values(auth: Mapping[str, Any]) -> list[str]:
+    if "bearer" in auth:
+        return [str(auth["bearer"])]
+    if "basic" in auth:
+        return [str(auth["basic"]["password"])]
+    if "api_key" in auth:
+        return [str(auth["api_key"]["value"])]
+    return []
 
 
 def auth_headers(auth: Mapping[str, Any] | None) -> dict[str, str]:
@@ -183,7 +198,11 @@ class HttpConnector(Connector):
         "properties": {
             "base_url": {"type": "string", "pattern": "^https?://", "description": "e.g. https://api.example.com/v2"},
             "path": {"type": "string", "description": "path used by the 'post' action (default '/')"},
-            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "headers": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "extra headers on every request (treated as secrets: never logged)",
+            },
             "auth": _AUTH_SCHEMA,
             "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "seconds (default 10)"},
             "verify_tls": {"type": "boolean", "description": "check TLS certificates (default true)"},
@@ -232,7 +251,11 @@ class HttpConnector(Connector):
                         "items": {"type": ["string", "number", "boolean"]},
                     },
                 },
-                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                "headers": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "extra headers on every request (treated as secrets: never logged)",
+            },
                 "json": {},
                 "body": {"type": "string"},
             },
