@@ -59,6 +59,7 @@ class Ingress:
             if hasattr(src, "connector") and cf.flow.enabled:
                 self.by_event.setdefault((src.connector, src.event), []).append(cf)
         self._event_validators: dict[tuple[str, str], Any] = {}
+        self.disabled: set[str] = set()  # flows an operator switched off: no new messages
 
     def check_event(self, connector: Connector, event: InboundEvent) -> None:
         """Validate the event body against the schema its connector type declares for it."""
@@ -86,6 +87,8 @@ class Ingress:
             hdrs[TRACEPARENT] = headers[TRACEPARENT]
         envelopes = []
         for cf in self.by_event.get((connector_name, event.name), ()):
+            if cf.name in self.disabled:
+                continue
             env = Envelope.new(cf.name, event.body, hdrs, flow_version=cf.version)
             if cf.when is not None and not _matches(cf, env):
                 continue

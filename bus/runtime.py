@@ -10,6 +10,7 @@ import httpx
 import structlog
 
 from bus.config.loader import load_config
+from bus.audit import AuditLog
 from bus.config.model import Config
 from bus.errors import TielineError
 from bus.flow import CompiledFlow, compile_all
@@ -75,6 +76,9 @@ class Runtime:
         self.ingress = Ingress(self.flows, self.connectors, self.transport, self.observers)
         self.runner = FlowRunner(self.flows, self.connectors, self.transport, observer=self.observers)
         self.ready = False
+        self.guard = None  # set when flows.yaml has a security: section
+        self.disabled: set[str] = {n for n, cf in self.flows.items() if not cf.flow.enabled}
+        self.audit = AuditLog(config.settings.data_dir / "audit.jsonl")
 
     @classmethod
     def from_file(
@@ -101,6 +105,19 @@ class Runtime:
         if self._own_http:
             await self.http.aclose()
         log.info("bus_stopped")
+
+    # ----- operator switches -------------------------------------------------------------
+    def is_enabled(self, flow: str) -> bool:
+        return flow not in self.disabled
+
+    def set_enabled(self, flow: str, enabled: bool) -> None:
+        """A disabled flow takes no new messages (ingress skips it); queued ones still run."""
+        (self.disabled.discard if enabled else self.disabled.add)(flow)
+        self.ingress.disabled = self.disabled
+
+    def connector_state(self, name: str) -> dict:
+        """Extra readings for a connector (circuit breaker, throttle) when the engine keeps them."""
+        return {}
 
     # ----- dead letters ----------------------------------------------------------------
     async def replay(self, message_id: str) -> bool:

@@ -1,7 +1,7 @@
-"""The management API (``/api/v1``): flows, the message ledger, dead letters.
+"""The management API (``/api/v1``): flows, connectors, the message ledger.
 
-Authentication and the full API surface come with the security issue; this is the part the
-CLI needs to operate a running bus.
+Dead letters and the audit log are in ``api_dlq.py``. Every route declares its scope
+(``bus/http/scopes.py``); every refusal uses the shared error shape.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import orjson
 from starlette.requests import Request
 from starlette.routing import Route
 
+from bus.http import scopes
 from bus.http.responses import JSON, error
 from bus.plan import describe_source
 from bus.transport.base import MessageRecord, MessageState
@@ -20,68 +21,146 @@ if TYPE_CHECKING:
     from bus.runtime import Runtime
 
 
+class BadRequest(Exception):
+    def __init__(self, code: str, message: str, details: Any = None):
+        super().__init__(message)
+        self.code, self.details = code, details
+
+    def response(self) -> JSON:
+        return error(400, self.code, str(self), self.details)
+
+
 def record_dict(rec: MessageRecord) -> dict[str, Any]:
+    env = rec.envelope
     return {
-        "id": rec.envelope.id,
-        "flow": rec.envelope.flow,
+        "id": env.id,
+        "flow": env.flow,
         "state": rec.state.value,
-        "cursor": rec.envelope.cursor,
-        "attempt": rec.envelope.attempt,
-        "correlation_id": rec.envelope.correlation_id,
-        "flow_version": rec.envelope.flow_version,
+        "cursor": env.cursor,
+        "attempt": env.attempt,
+        "correlation_id": env.correlation_id,
+        "flow_version": env.flow_version,
+        "first_seen": env.first_seen,
         "available_at": rec.available_at,
         "updated_at": rec.updated_at,
         "error": rec.error,
     }
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw:
         return {}
-    data = orjson.loads(raw)
-    return data if isinstance(data, dict) else {}
-
-
-def _limit(request: Request, default: int = 100) -> int:
     try:
-        return max(1, min(1000, int(request.query_params.get("limit", default))))
-    except ValueError:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest("invalid_json", f"body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("invalid_body", "body must be a JSON object")
+    return data
+
+
+def number(value: Any, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise BadRequest("invalid_parameter", f"{name} must be a number (Unix seconds), got {value!r}") from None
+
+
+def limit_of(request: Request, default: int = 100) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
         return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise BadRequest("invalid_parameter", f"limit must be 1..1000, got {raw!r}")
+    return int(raw)
+
+
+def flow_info(runtime: Runtime, name: str) -> dict[str, Any]:
+    f = runtime.flows[name].flow
+    return {
+        "name": f.name,
+        "version": f.version,
+        "enabled": runtime.is_enabled(name),
+        "from": describe_source(f),
+        "location": str(f.loc),
+        "concurrency": f.concurrency,
+        "steps": [i.label for i in runtime.flows[name].program if i.kind != "jump"],
+    }
+
+
+def handles_bad_requests(endpoint):  # noqa: ANN001, ANN201
+    async def wrapper(request: Request):  # noqa: ANN202
+        try:
+            return await endpoint(request)
+        except BadRequest as exc:
+            return exc.response()
+
+    wrapper.__name__ = endpoint.__name__
+    return wrapper
 
 
 def routes(runtime: Runtime) -> list[Route]:
     transport = runtime.transport
 
+    def route(path: str, endpoint, scope: str, method: str = "GET") -> Route:  # noqa: ANN001
+        guarded = scopes.scoped(runtime, scope)(handles_bad_requests(endpoint))
+        return Route(path, guarded, methods=[method])
+
     async def flows(request: Request) -> JSON:
         out = []
-        for cf in runtime.flows.values():
-            f = cf.flow
-            out.append(
-                {
-                    "name": f.name,
-                    "version": f.version,
-                    "enabled": f.enabled,
-                    "from": describe_source(f),
-                    "location": str(f.loc),
-                    "backlog": await transport.backlog(f.name),
-                }
-            )
+        for name in runtime.flows:
+            info = flow_info(runtime, name)
+            info["backlog"] = await transport.backlog(name)
+            out.append(info)
         return JSON({"flows": out})
+
+    async def flow(request: Request) -> JSON:
+        name = request.path_params["name"]
+        if name not in runtime.flows:
+            return error(404, "unknown_flow", f"no flow named {name!r}")
+        info = flow_info(runtime, name)
+        info["backlog"] = await transport.backlog(name)
+        return JSON(info)
+
+    def toggle(enabled: bool):  # noqa: ANN202
+        async def endpoint(request: Request) -> JSON:
+            name = request.path_params["name"]
+            if name not in runtime.flows:
+                return error(404, "unknown_flow", f"no flow named {name!r}")
+            runtime.set_enabled(name, enabled)
+            await runtime.audit.record(scopes.actor(request), "enable" if enabled else "disable", flow=name)
+            return JSON(flow_info(runtime, name))
+
+        endpoint.__name__ = "enable" if enabled else "disable"
+        return endpoint
+
+    async def connectors(request: Request) -> JSON:
+        out = []
+        for name, c in runtime.connectors.items():
+            try:
+                health = await c.health()
+            except Exception as exc:  # noqa: BLE001 - a health probe must not break the listing
+                health = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            out.append({"name": name, "type": c.type_name, "actions": sorted(c.actions),
+                        "health": health, **runtime.connector_state(name)})
+        return JSON({"connectors": out})
 
     async def messages(request: Request) -> JSON:
         q = request.query_params
         state = q.get("state")
-        if state and state not in MessageState.__members__.values():
-            return error(400, "invalid_state", f"unknown state {state!r}",
-                         {"allowed": [s.value for s in MessageState]})
+        if state and state not in {s.value for s in MessageState}:
+            raise BadRequest("invalid_parameter", f"unknown state {state!r}",
+                             {"allowed": [s.value for s in MessageState]})
         recs = await transport.search(
             flow=q.get("flow"),
             state=MessageState(state) if state else None,
             correlation_id=q.get("correlation_id"),
-            since=float(q["since"]) if q.get("since") else None,
-            until=float(q["until"]) if q.get("until") else None,
-            limit=_limit(request),
+            since=number(q.get("since"), "since"),
+            until=number(q.get("until"), "until"),
+            limit=limit_of(request),
         )
         return JSON({"messages": [record_dict(r) for r in recs]})
 
@@ -93,45 +172,12 @@ def routes(runtime: Runtime) -> list[Route]:
         history = await transport.history(mid)
         return JSON({"message": record_dict(rec), "history": [e.to_dict() for e in history]})
 
-    async def dlq_list(request: Request) -> JSON:
-        dls = await transport.dead_letters(flow=request.query_params.get("flow"), limit=_limit(request))
-        return JSON({"dead_letters": [d.to_dict() for d in dls]})
-
-    async def dlq_show(request: Request) -> JSON:
-        dl = await transport.dead_letter(request.path_params["id"])
-        if dl is None:
-            return error(404, "unknown_dead_letter", f"no dead letter {request.path_params['id']!r}")
-        return JSON(dl.to_dict())
-
-    async def dlq_replay_one(request: Request) -> JSON:
-        mid = request.path_params["id"]
-        ok = await runtime.replay(mid)
-        if not ok:
-            return error(404, "unknown_dead_letter", f"no dead letter {mid!r}")
-        return JSON({"replayed": [mid]})
-
-    async def dlq_replay_many(request: Request) -> JSON:
-        body = await _json_body(request)
-        replayed = await runtime.replay_all(flow=body.get("flow"))
-        return JSON({"replayed": replayed})
-
-    async def dlq_purge(request: Request) -> JSON:
-        body = await _json_body(request)
-        ids = body.get("ids")
-        if ids is None and not body.get("all") and not body.get("flow"):
-            return error(400, "purge_needs_scope", "give 'ids', 'flow' or 'all': true")
-        if ids is None:
-            dls = await transport.dead_letters(flow=body.get("flow"), limit=1_000_000)
-            ids = [d.message_id for d in dls]
-        return JSON({"purged": await transport.purge(ids)})
-
     return [
-        Route("/api/v1/flows", flows, methods=["GET"]),
-        Route("/api/v1/messages", messages, methods=["GET"]),
-        Route("/api/v1/messages/{id}", message, methods=["GET"]),
-        Route("/api/v1/dlq", dlq_list, methods=["GET"]),
-        Route("/api/v1/dlq/replay", dlq_replay_many, methods=["POST"]),
-        Route("/api/v1/dlq/purge", dlq_purge, methods=["POST"]),
-        Route("/api/v1/dlq/{id}", dlq_show, methods=["GET"]),
-        Route("/api/v1/dlq/{id}/replay", dlq_replay_one, methods=["POST"]),
+        route("/api/v1/flows", flows, scopes.FLOWS_READ),
+        route("/api/v1/flows/{name}", flow, scopes.FLOWS_READ),
+        route("/api/v1/flows/{name}/enable", toggle(True), scopes.FLOWS_WRITE, "POST"),
+        route("/api/v1/flows/{name}/disable", toggle(False), scopes.FLOWS_WRITE, "POST"),
+        route("/api/v1/connectors", connectors, scopes.FLOWS_READ),
+        route("/api/v1/messages", messages, scopes.MESSAGES_READ),
+        route("/api/v1/messages/{id}", message, scopes.MESSAGES_READ),
     ]

@@ -8,7 +8,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from bus.http import api, ingress, observability
+from bus.http import api, api_dlq, ingress, observability
 from bus.http.responses import JSON, error
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ def build_app(runtime: Runtime) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         *ingress.routes(runtime),
         *api.routes(runtime),
+        *api_dlq.routes(runtime),
         *observability.routes(runtime),
     ]
     if runtime.config.settings.sandbox:

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from bus.errors import BackpressureError, InboundError, TransportError
+from bus.http import scopes
 from bus.http.body import BodyTooLarge, read_limited
 from bus.http.responses import JSON, error
 from connectors.base import InboundRequest
@@ -80,6 +81,9 @@ def routes(runtime: Runtime) -> list[Route]:
         name = request.path_params["flow"]
         if name not in runtime.flows:
             return error(404, "unknown_flow", f"no flow named {name!r}")
+        if not runtime.is_enabled(name):
+            return error(409, "flow_disabled", f"flow {name!r} is disabled; enable it with "
+                         f"POST /api/v1/flows/{name}/enable")
         try:
             raw = await read_limited(request, max_body)
             try:
@@ -95,5 +99,5 @@ def routes(runtime: Runtime) -> list[Route]:
 
     return [
         Route("/hooks/{connector}", hook, methods=["POST", "GET"]),  # GET: Kannel-style callbacks
-        Route("/flows/{flow}", flow_entry, methods=["POST"]),
+        Route("/flows/{flow}", scopes.scoped(runtime, scopes.EVENTS_SEND)(flow_entry), methods=["POST"]),
     ]
