@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from bus.http import api, api_dlq, ingress, observability
+from bus.http.openapi import document
 from bus.http.responses import JSON, error
 
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ def build_app(runtime: Runtime) -> Starlette:
         from bus.sandbox import routes as sandbox_routes
 
         routes += sandbox_routes()
+    async def openapi_json(request: Request) -> JSON:
+        return JSON(document(routes))
+
+    routes.append(Route("/api/v1/openapi.json", openapi_json, methods=["GET"]))
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
     app.add_middleware(observability.RequestCounter, runtime=runtime)
     return app

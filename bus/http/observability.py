@@ -10,6 +10,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bus.http import scopes
 from bus.http.responses import JSON
 from bus.metrics import CONTENT_TYPE_LATEST
 
@@ -36,9 +37,10 @@ def routes(runtime: Runtime) -> list[Route]:
     async def dashboard(request: Request) -> HTMLResponse:
         return HTMLResponse(page)
 
+    read = scopes.scoped(runtime, scopes.FLOWS_READ)
     return [
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/api/v1/stats", stats, methods=["GET"]),
+        Route("/metrics", read(metrics), methods=["GET"]),
+        Route("/api/v1/stats", read(stats), methods=["GET"]),
         Route("/dashboard", dashboard, methods=["GET"]),
     ]
 
