@@ -39,6 +39,16 @@ def build_transport(config: Config) -> Transport:
             retention=s.retention,
             sync=s.sync,
         )
+    if s.transport == "rabbitmq":
+        from bus.transport.rabbitmq import RabbitTransport
+
+        return RabbitTransport(
+            s.amqp_url,
+            s.redis_url,
+            flows=list(config.flows),
+            backlog_limit=s.backlog_limit,
+            dedupe_window=s.dedupe_window,
+        )
     raise TielineError(f"transport {s.transport!r} is not available in this build")
 
 

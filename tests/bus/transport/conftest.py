@@ -6,6 +6,7 @@ To run the suite against another engine, add its name to ENGINES and a branch to
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -13,11 +14,13 @@ from typing import Any
 
 import pytest
 
-from bus.envelope import Envelope
+from bus.envelope import Envelope, new_id
 from bus.transport.base import Delivery, LedgerEntry, MessageState, Transport
 from bus.transport.sqlite import SqliteTransport
 
-ENGINES = ["embedded"]
+ENGINES = ["embedded", "rabbitmq"]
+AMQP_URL = os.environ.get("TIELINE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+REDIS_URL = os.environ.get("TIELINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 MakeTransport = Callable[..., Awaitable[Transport]]
 
@@ -26,6 +29,11 @@ def _build(engine: str, where: Path, **options: Any) -> Transport:
     """A new, not yet started transport of ``engine``; ``options``: backlog_limit, dedupe_window."""
     if engine == "embedded":
         return SqliteTransport(where / "bus.sqlite3", poll_interval=0.01, **options)
+    if engine == "rabbitmq":
+        from bus.transport.rabbitmq import RabbitTransport
+
+        prefix = f"test-{new_id().lower()}"  # unique per transport: teardown removes only these
+        return RabbitTransport(AMQP_URL, REDIS_URL, prefix=prefix, **options)
     raise AssertionError(f"unknown engine {engine!r}: add it to conftest._build")
 
 
@@ -50,6 +58,13 @@ async def make_transport(engine: str, tmp_path: Path) -> AsyncIterator[MakeTrans
     yield make
     for transport in made:
         await transport.close(timeout=1.0)
+        if engine == "rabbitmq":
+            await remove_rabbit(transport)
+
+
+async def remove_rabbit(transport: Any) -> None:
+    """Delete the exchanges, queues and Redis keys of one RabbitTransport's prefix, nothing else."""
+    await transport.drop()
 
 
 @pytest.fixture

@@ -1,0 +1,404 @@
+"""The distributed transport: RabbitMQ (aio-pika) carries the messages, Redis keeps the state.
+
+RabbitMQ: one durable queue per flow, publisher confirms, manual acks, delays through TTL tier
+queues, dead letters archived in per-flow DLQs (names in docs/rabbitmq.md). Redis: the ledger,
+message records and checkpoints, the dead-letter index and inbound dedupe keys
+(``rabbitmq_ledger``). Any number of worker processes may share one prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from bus.envelope import Envelope
+from bus.errors import BackpressureError, TransportError
+from bus.shared.redis_store import RedisDedupeStore
+from bus.transport import rabbitmq_topology as topo
+from bus.transport.base import (
+    DeadLetter,
+    Handler,
+    LedgerEntry,
+    MessageRecord,
+    MessageState,
+    PublishResult,
+    Transport,
+)
+from bus.transport.rabbitmq_consumer import deliver
+from bus.transport.rabbitmq_delivery import flush, out, received_entry
+from bus.transport.rabbitmq_ledger import RedisLedger
+from bus.transport.rabbitmq_publisher import OUTAGE, Publisher
+
+log = structlog.get_logger()
+
+BACKLOG_CACHE = 1.0  # seconds a broker queue count is trusted for the backpressure check
+PRUNE_EVERY = 60.0
+
+
+class RabbitTransport(Transport):
+    """Queues per flow in RabbitMQ; ledger, checkpoints, dead-letter index and dedupe in Redis."""
+
+    def __init__(
+        self,
+        amqp_url: str,
+        redis_url: str,
+        *,
+        prefix: str = "tieline",
+        flows: Iterable[str] = (),
+        backlog_limit: int = 100_000,
+        dedupe_window: float = 7 * 86400,
+        prefetch: int = 32,
+        quorum: bool = False,
+        clock: Callable[[], float] = time.time,
+        ledger_ttl: float | None = None,
+        publish_timeout: float = 5.0,
+        reconnect_interval: float = 1.0,
+    ):
+        self.amqp_url, self.redis_url = amqp_url, redis_url
+        self.names = topo.Names(prefix)
+        self.clock = clock
+        self._flows = list(flows)
+        self._limit = backlog_limit
+        self._dedupe_window = dedupe_window
+        self._prefetch = prefetch
+        self._quorum = quorum
+        self._ledger_ttl = ledger_ttl or max(dedupe_window, 86400)
+        self._publish_timeout = publish_timeout
+        self._reconnect_interval = reconnect_interval
+        self._consumers: dict[str, tuple[Handler, int]] = {}
+        self._consuming: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._declared: set[str] = set()
+        self._declare_lock = asyncio.Lock()
+        self._counted: tuple[float, int] = (float("-inf"), 0)  # (when, broker backlog)
+        self._published_since = 0  # this process's publishes since the count was taken
+        self._pruned_at = float("-inf")
+        self._state = "new"
+
+    # ----- life -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._state != "new":
+            raise TransportError(f"rabbitmq transport {self.names.prefix}: start() called twice")
+        # a blocking pool: a burst of publishers waits for a connection instead of failing
+        self.redis = Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                self.redis_url, max_connections=64, timeout=10
+            )
+        )
+        try:
+            await self.redis.ping()
+            self.connection: AbstractRobustConnection = await aio_pika.connect_robust(
+                self.amqp_url, reconnect_interval=self._reconnect_interval
+            )
+        except (OSError, *OUTAGE) as exc:
+            await self.redis.aclose()
+            raise TransportError(
+                f"rabbitmq transport: cannot reach the broker ({self.amqp_url}) or Redis "
+                f"({self.redis_url}): {exc}; start them or fix the URLs"
+            ) from exc
+        self.ledger = RedisLedger(self.redis, self.names.prefix, self._ledger_ttl)
+        self.dedupe = RedisDedupeStore(self.redis, self.names.prefix)
+        self._channel = await self.connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        self._info = await self.connection.channel(publisher_confirms=False)
+        self._ex = await topo.declare_base(self._channel, self.names, self._quorum)
+        self.publisher = Publisher(
+            self._ex.events,
+            self._ex.delay,
+            self._ex.dlx,
+            give_up_after=self._publish_timeout,
+            clock=self.clock,
+        )
+        for flow in self._flows:
+            await self.ensure_flow(flow)
+        self._state = "running"
+        for flow in self._consumers:
+            self._spawn(self._start_consumer(flow))
+
+    async def close(self, timeout: float = 10.0) -> None:
+        if self._state != "running":
+            return
+        self._state = "closing"
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for queue, tag in self._consuming:  # no new deliveries; in-flight ones may still ack
+            try:
+                await asyncio.wait_for(queue.cancel(tag), 2.0)
+            except OUTAGE as exc:
+                log.warning("transport.cancel_failed", queue=queue.name, error=repr(exc))
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
+            for task in pending:  # unacked: RabbitMQ hands them to another worker
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.connection.close()
+        await self.redis.aclose()
+        self._state = "closed"
+
+    async def drop(self) -> None:
+        """Delete this prefix's exchanges, queues (declared flows) and Redis keys; after close().
+
+        For tests and benchmarks: it destroys messages, never call it on a live bus.
+        """
+        connection = await aio_pika.connect(self.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            await topo.delete_all(channel, self.names, sorted(self._declared))
+        redis = Redis.from_url(self.redis_url)
+        try:
+            keys = [k async for k in redis.scan_iter(match=f"{self.names.prefix}:*", count=1000)]
+            for at in range(0, len(keys), 1000):
+                await redis.delete(*keys[at : at + 1000])
+        finally:
+            await redis.aclose()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def declared(self) -> frozenset[str]:
+        """Flows whose queues this transport declared (configured, published to or consumed)."""
+        return frozenset(self._declared)
+
+    async def ensure_flow(self, flow: str) -> None:
+        """Declare ``flow``'s queue and DLQ once per process (before publishing to it)."""
+        if flow in self._declared:
+            return
+        async with self._declare_lock:
+            if flow not in self._declared:
+                await topo.declare_flow(self._channel, self.names, self._ex, flow, self._quorum)
+                self._declared.add(flow)
+
+    async def ack(self, message: AbstractIncomingMessage) -> None:
+        """Ack, tolerating a dead channel: the redelivery is then dropped by ``admit``."""
+        try:
+            await message.ack()
+        except OUTAGE as exc:
+            log.warning("transport.ack_lost", message_id=message.message_id, error=repr(exc))
+
+    # ----- producing --------------------------------------------------------------------
+    async def publish(
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        dedupe_key: str | None = None,
+        delay: float = 0.0,
+        entries: Sequence[LedgerEntry] = (),
+    ) -> PublishResult:
+        envs = list(envelopes)
+        await self._check_backlog(len(envs))
+        now = self.clock()
+        ids = [e.id for e in envs]
+        if dedupe_key is not None:
+            first = await self.dedupe.claim(dedupe_key, ids, self._dedupe_window)
+            if first is not None:
+                await self.ledger.log(
+                    [
+                        LedgerEntry(
+                            first[0] if first else "",
+                            "duplicate",
+                            now,
+                            detail={"dedupe_key": dedupe_key, "rejected": ids},
+                        )
+                    ]
+                )
+                return PublishResult(accepted=[], duplicate_of=first)
+        due = now + delay if delay > 0 else 0.0
+        try:
+            for flow in {e.flow for e in envs}:
+                await self.ensure_flow(flow)
+            await self.ledger.received(
+                [(e, due or now) for e in envs],
+                [*(received_entry(e, now, delay) for e in envs), *entries],
+                now,
+            )
+            self._published_since += len(envs)
+            await self.publisher.send_many([(e, due) for e in envs])
+        except (TransportError, *OUTAGE) as exc:
+            await self.ledger.forget(ids)
+            if dedupe_key is not None:
+                await self.dedupe.release(dedupe_key, ids)
+            if isinstance(exc, TransportError):
+                raise
+            raise TransportError(
+                f"rabbitmq transport: publish failed: {exc!r}; retry later"
+            ) from exc
+        if now - self._pruned_at >= PRUNE_EVERY:
+            self._pruned_at = now
+            self._spawn(self.ledger.prune(now - self._ledger_ttl))
+        return PublishResult(accepted=ids)
+
+    async def _check_backlog(self, adding: int) -> None:
+        at, count = self._counted
+        if time.monotonic() - at > BACKLOG_CACHE:
+            count = await self.backlog()
+            self._counted = (time.monotonic(), count)
+            self._published_since = 0
+        backlog = count + self._published_since
+        if backlog + adding > self._limit:
+            raise BackpressureError(
+                f"rabbitmq transport {self.names.prefix}: backlog is {backlog} messages, the bound "
+                f"is {self._limit}; retry later, or raise the transport's backlog_limit",
+                retry_after=1.0,
+            )
+
+    # ----- consuming --------------------------------------------------------------------
+    def consume(self, flow: str, handler: Handler, *, concurrency: int = 16) -> None:
+        if flow in self._consumers:
+            raise TransportError(
+                f"rabbitmq transport: flow {flow!r} already has a consumer; call consume() once per flow"
+            )
+        if concurrency < 1:
+            raise ValueError(f"consume({flow!r}): concurrency must be >= 1, got {concurrency}")
+        self._consumers[flow] = (handler, concurrency)
+        if self._state == "running":
+            self._spawn(self._start_consumer(flow))
+
+    async def _start_consumer(self, flow: str) -> None:
+        """A channel per flow: its prefetch (min of prefetch and concurrency) bounds the handlers."""
+        handler, concurrency = self._consumers[flow]
+        await self.ensure_flow(flow)
+        channel: AbstractChannel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=max(1, min(self._prefetch, concurrency)))
+        queue = await channel.declare_queue(self.names.flow(flow), passive=True)
+        slots = asyncio.Semaphore(concurrency)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.get_running_loop().create_task(deliver(self, handler, message, slots))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+        tag = await queue.consume(on_message)
+        self._consuming.append((queue, tag))
+
+    # ----- ledger -----------------------------------------------------------------------
+    async def message(self, message_id: str) -> MessageRecord | None:
+        stored = await self.ledger.get(message_id)
+        return stored.record if stored else None
+
+    async def history(self, message_id: str) -> list[LedgerEntry]:
+        return await self.ledger.history(message_id)
+
+    async def search(
+        self,
+        *,
+        flow: str | None = None,
+        state: MessageState | None = None,
+        correlation_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[MessageRecord]:
+        return await self.ledger.search(
+            flow=flow,
+            state=state,
+            correlation_id=correlation_id,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+
+    # ----- dead letters -----------------------------------------------------------------
+    async def dead_letters(self, *, flow: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        return await self.ledger.dead_letters(flow, limit)
+
+    async def dead_letter(self, message_id: str) -> DeadLetter | None:
+        return await self.ledger.dead_letter(message_id)
+
+    async def replay(self, message_id: str, envelope: Envelope | None = None) -> bool:
+        if envelope is not None and envelope.id != message_id:
+            raise ValueError(
+                f"replay({message_id!r}): the envelope has id {envelope.id!r}; "
+                "derive it from the dead letter with evolve() so the id stays"
+            )
+        letter = await self.ledger.dead_letter(message_id)
+        if letter is None or not await self.ledger.claim_dead(message_id):
+            return False
+        stored = await self.ledger.get(message_id)
+        assert stored is not None  # dead_letter() just read it; keys outlive a replay call
+        again = envelope if envelope is not None else letter.envelope.evolve(attempt=1)
+        now = self.clock()
+        gen = stored.gen + 1
+        outbox = [out("flow", again, 0.0, gen)]
+        entry = LedgerEntry(
+            message_id,
+            "replayed",
+            now,
+            flow=again.flow,
+            attempt=again.attempt,
+            detail={"cursor": again.cursor},
+        )
+        try:
+            await self.ledger.update(
+                again,
+                now,
+                stored.created_at,
+                [entry],
+                state=MessageState.QUEUED,
+                gen=gen,
+                available_at=now,
+                outbox=outbox,
+            )
+        except BaseException:
+            await self.ledger.unclaim_dead(message_id, letter.dead_at)
+            raise
+        await self.ledger.undead(message_id, letter.flow)
+        await flush(self, message_id, gen, outbox)
+        return True
+
+    async def purge(self, message_ids: Sequence[str]) -> int:
+        count = 0
+        for mid in dict.fromkeys(message_ids):
+            stored = await self.ledger.get(mid)
+            if stored is None or stored.record.state is not MessageState.DEAD:
+                continue
+            if not await self.ledger.claim_dead(mid):
+                continue
+            now = self.clock()
+            await self.ledger.update(
+                stored.record.envelope,
+                now,
+                stored.created_at,
+                [LedgerEntry(mid, "purged", now, flow=stored.flow)],
+                state=MessageState.PURGED,
+            )
+            await self.ledger.undead(mid, stored.flow)
+            count += 1
+        return count
+
+    # ----- state ------------------------------------------------------------------------
+    async def backlog(self, flow: str | None = None) -> int:
+        """Ready messages in the flow queues (passive declare), plus, for all flows, the
+        messages parked in delay tiers. Messages in a handler right now are not counted."""
+        if flow is not None:
+            names = [self.names.flow(flow)]
+        else:
+            names = [
+                *(self.names.flow(f) for f in sorted(self._declared)),
+                *self.names.tier_queues(),
+            ]
+        total = 0
+        try:
+            if flow is not None:
+                await self.ensure_flow(
+                    flow
+                )  # a passive declare of a missing queue kills the channel
+            for name in names:
+                queue = await self._info.declare_queue(name, passive=True)
+                total += queue.declaration_result.message_count or 0
+        except OUTAGE as exc:
+            raise TransportError(
+                f"rabbitmq transport: cannot count queue backlog: {exc!r}"
+            ) from exc
+        return total

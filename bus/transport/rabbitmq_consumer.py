@@ -1,0 +1,101 @@
+"""Taking one RabbitMQ delivery through a handler: parse, wait out its due time, admit, run.
+
+A message whose due time is still a tier or more away is parked again (delays longer than
+the largest tier hop through several); one due within the smallest tier is slept on here.
+A handler that raises is logged and its message retried after CRASH_RETRY_DELAY; a broker or
+Redis outage mid-way leaves the delivery unacked, so RabbitMQ hands it out again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from bus.envelope import Envelope
+from bus.errors import TransportError
+from bus.transport import rabbitmq_topology as topo
+from bus.transport.base import Handler, LedgerEntry
+from bus.transport.rabbitmq_delivery import RabbitDelivery, admit
+from bus.transport.rabbitmq_publisher import H_DUE, H_GEN, OUTAGE
+
+if TYPE_CHECKING:
+    from bus.transport.rabbitmq import RabbitTransport
+
+log = structlog.get_logger()
+
+CRASH_RETRY_DELAY = 1.0  # seconds before a message whose handler raised runs again
+
+
+async def deliver(
+    t: RabbitTransport, handler: Handler, message: AbstractIncomingMessage, slots: asyncio.Semaphore
+) -> None:
+    async with slots:
+        try:
+            envelope = Envelope.from_json(message.body)
+        except (ValueError, KeyError, TypeError) as exc:  # not ours: park it in the DLQ
+            log.error("transport.bad_message", message_id=message.message_id, error=repr(exc))
+            await message.reject(requeue=False)
+            return
+        try:
+            await _run(t, handler, message, envelope)
+        except (TransportError, *OUTAGE) as exc:  # unacked: it comes back
+            log.warning("transport.delivery_interrupted", message_id=envelope.id, error=repr(exc))
+            try:
+                await message.nack(requeue=True)
+            except OUTAGE:
+                pass
+
+
+async def _run(
+    t: RabbitTransport, handler: Handler, message: AbstractIncomingMessage, envelope: Envelope
+) -> None:
+    headers = message.headers or {}
+    due = int(headers.get(H_DUE) or 0) / 1000  # type: ignore[arg-type]
+    remaining = due - t.clock()
+    if remaining > 0:
+        if topo.tier_for(remaining) is not None:  # not yet: park it in the next tier
+            gen = int(headers.get(H_GEN) or 0)  # type: ignore[arg-type]
+            await t.publisher.send(envelope, gen=gen, due=due)
+            await t.ack(message)
+            return
+        await asyncio.sleep(remaining)
+    admission = await admit(t, message, envelope)
+    if admission.envelope is None:
+        await t.ack(message)
+        return
+    delivery = RabbitDelivery(t, message, admission.envelope, admission.stored)
+    try:
+        await handler(delivery)
+        if not delivery.ended:
+            await _crash_retry(t, delivery, "handler returned without complete/retry/dead")
+    except (TransportError, *OUTAGE):
+        raise
+    except Exception as exc:  # the contract: a raising handler is logged and retried later
+        log.error(
+            "transport.handler_crashed",
+            message_id=envelope.id,
+            flow=envelope.flow,
+            cursor=envelope.cursor,
+            attempt=envelope.attempt,
+            exc_info=exc,
+        )
+        if not delivery.ended:
+            await _crash_retry(t, delivery, f"handler crashed: {type(exc).__name__}: {exc}")
+
+
+async def _crash_retry(t: RabbitTransport, delivery: RabbitDelivery, error: str) -> None:
+    envelope = delivery.current
+    entry = LedgerEntry(
+        envelope.id,
+        "step",
+        t.clock(),
+        flow=envelope.flow,
+        step=f"cursor {envelope.cursor}",
+        attempt=envelope.attempt,
+        outcome="retry",
+        error=error,
+    )
+    await delivery.retry(envelope, CRASH_RETRY_DELAY, [entry])

@@ -1,0 +1,241 @@
+"""One RabbitMQ message handed to a consumer, and the rules for taking a message in.
+
+Each ending is an outbox, in this order: (1) one Redis transaction records the new state, the
+ledger lines, a new generation and the messages still to publish (the outbox); (2) the outbox is
+published with confirms (retry copy, emitted children, DLQ archive); (3) Redis marks that
+generation sent; (4) the delivery is acked. A crash anywhere leaves the delivery unacked, so
+RabbitMQ redelivers it, and ``admit`` decides from Redis what the redelivery means:
+
+    message gen < stored gen, outbox pending  → publish the outbox, ack (finish the ending)
+    message gen < stored gen, outbox sent     → stale copy, ack and drop
+    message gen = stored gen                  → run it, from the stored (checkpointed) envelope
+                                                if its cursor is further
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from bus.envelope import Envelope
+from bus.errors import TransportError
+from bus.transport.base import Delivery, LedgerEntry, MessageState
+from bus.transport.rabbitmq_ledger import Stored
+from bus.transport.rabbitmq_publisher import H_ATTEMPTS, H_CHAIN, H_ERROR, H_GEN
+
+if TYPE_CHECKING:
+    from bus.transport.rabbitmq import RabbitTransport
+
+log = structlog.get_logger()
+
+_ENDINGS = frozenset({MessageState.DELIVERED, MessageState.FILTERED})
+
+
+def received_entry(envelope: Envelope, now: float, delay: float = 0.0) -> LedgerEntry:
+    """The 'received' ledger line written for every stored envelope."""
+    return LedgerEntry(
+        envelope.id,
+        "received",
+        now,
+        flow=envelope.flow,
+        attempt=envelope.attempt,
+        detail={"delay": delay} if delay else {},
+    )
+
+
+def _with_default(entries: Sequence[LedgerEntry], default: LedgerEntry) -> list[LedgerEntry]:
+    have = any(e.kind == default.kind and e.message_id == default.message_id for e in entries)
+    return list(entries) if have else [*entries, default]
+
+
+def out(kind: str, env: Envelope, due: float, gen: int, headers: dict | None = None) -> dict:
+    """One outbox item: ``kind`` 'flow' (queue it) or 'dead' (archive it in the DLQ)."""
+    return {"kind": kind, "env": env.to_dict(), "due": due, "gen": gen, "headers": headers or {}}
+
+
+async def flush(t: RabbitTransport, mid: str, gen: int, outbox: list[dict]) -> None:
+    """Publish an outbox (confirmed), then mark its generation sent."""
+    flows = [
+        (Envelope.from_dict(i["env"]), i["due"], i["gen"]) for i in outbox if i["kind"] == "flow"
+    ]
+    for env, _, _ in flows:
+        await t.ensure_flow(env.flow)
+    for i in outbox:
+        if i["kind"] == "dead":
+            await t.publisher.dead(Envelope.from_dict(i["env"]), i["gen"], i["headers"])
+    for env, due, g in flows:
+        await t.publisher.send(env, gen=g, due=due)
+    await t.ledger.sent(mid, gen)
+
+
+@dataclass(slots=True)
+class Admission:
+    envelope: Envelope | None  # None: nothing to run (ended or stale copy)
+    stored: Stored | None
+
+
+async def admit(
+    t: RabbitTransport, message: AbstractIncomingMessage, envelope: Envelope
+) -> Admission:
+    """Decide, from Redis, whether this (re)delivery runs and from which envelope."""
+    gen = int((message.headers or {}).get(H_GEN, 0))  # type: ignore[arg-type]
+    stored = await t.ledger.get(envelope.id)
+    if stored is None:  # Redis lost it (expired, flushed): the message itself is the truth
+        return Admission(envelope, None)
+    if gen < stored.gen:
+        if stored.sent < stored.gen:
+            log.warning("transport.outbox_finished", message_id=envelope.id, gen=stored.gen)
+            await flush(t, envelope.id, stored.gen, stored.outbox)
+        return Admission(None, stored)
+    if stored.record.state is not MessageState.QUEUED:
+        return Admission(None, stored)
+    current = stored.record.envelope
+    return Admission(current if current.cursor > envelope.cursor else envelope, stored)
+
+
+class RabbitDelivery(Delivery):
+    """A delivery; ``current`` is the latest checkpointed envelope (what a crash retry runs)."""
+
+    def __init__(
+        self,
+        t: RabbitTransport,
+        message: AbstractIncomingMessage,
+        envelope: Envelope,
+        stored: Stored | None,
+    ):
+        self.envelope = envelope
+        self.current = envelope
+        self._t = t
+        self._msg = message
+        self._gen = stored.gen if stored else int((message.headers or {}).get(H_GEN, 0))  # type: ignore[arg-type]
+        self._created_at = stored.created_at if stored else t.clock()
+        self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def _check(self, envelope: Envelope, what: str) -> None:
+        if self._ended:
+            raise TransportError(
+                f"message {self.envelope.id}: {what}() after the delivery ended; "
+                "call exactly one of complete / retry / dead per delivery"
+            )
+        if envelope.id != self.envelope.id:
+            raise ValueError(
+                f"message {self.envelope.id}: {what}() got envelope {envelope.id}; "
+                "derive it with evolve() so the id stays"
+            )
+
+    async def _end(self, envelope: Envelope, outbox: list[dict], **update: object) -> None:
+        """Record (Redis), publish the outbox (confirmed), mark sent, ack — see the module doc."""
+        self._ended = True  # claimed now so a second ending call fails fast
+        gen = self._gen + 1
+        try:
+            await self._t.ledger.update(
+                envelope,
+                self._t.clock(),
+                self._created_at,
+                gen=gen,
+                outbox=outbox,
+                **update,  # type: ignore[arg-type]
+            )
+        except BaseException:
+            self._ended = False
+            raise
+        self.current = envelope
+        await flush(self._t, envelope.id, gen, outbox)
+        await self._t.ack(self._msg)
+
+    async def checkpoint(self, envelope: Envelope, entries: Sequence[LedgerEntry] = ()) -> None:
+        self._check(envelope, "checkpoint")
+        await self._t.ledger.update(envelope, self._t.clock(), self._created_at, entries)
+        self.current = envelope
+
+    async def complete(
+        self,
+        state: MessageState,
+        envelope: Envelope,
+        entries: Sequence[LedgerEntry] = (),
+        emit: Sequence[tuple[Envelope, float]] = (),
+    ) -> None:
+        self._check(envelope, "complete")
+        if state not in _ENDINGS:
+            raise ValueError(
+                f"message {envelope.id}: complete() takes DELIVERED or FILTERED, not {state!r}; "
+                "use retry() or dead() for the others"
+            )
+        now = self._t.clock()
+        lines = _with_default(
+            entries,
+            LedgerEntry(
+                envelope.id, state.value, now, flow=envelope.flow, attempt=envelope.attempt
+            ),
+        )
+        lines += [received_entry(child, now, delay) for child, delay in emit]
+        children = [(child, now + max(delay, 0.0)) for child, delay in emit]
+        outbox = [out("flow", child, at if at > now else 0.0, 0) for child, at in children]
+        await self._end(envelope, outbox, entries=lines, state=state, children=children)
+
+    async def retry(
+        self, envelope: Envelope, delay: float, entries: Sequence[LedgerEntry] = ()
+    ) -> None:
+        self._check(envelope, "retry")
+        now = self._t.clock()
+        due = now + max(delay, 0.0)
+        lines = _with_default(
+            entries,
+            LedgerEntry(
+                envelope.id,
+                "retry_scheduled",
+                now,
+                flow=envelope.flow,
+                attempt=envelope.attempt,
+                detail={"delay": delay, "available_at": due},
+            ),
+        )
+        outbox = [out("flow", envelope, due if delay > 0 else 0.0, self._gen + 1)]
+        await self._end(envelope, outbox, entries=lines, available_at=due)
+
+    async def dead(
+        self,
+        envelope: Envelope,
+        error: str,
+        error_chain: Sequence[str],
+        entries: Sequence[LedgerEntry] = (),
+    ) -> None:
+        self._check(envelope, "dead")
+        now = self._t.clock()
+        step = next((e.step for e in reversed(entries) if e.step), None)
+        lines = _with_default(
+            entries,
+            LedgerEntry(
+                envelope.id,
+                "dead",
+                now,
+                flow=envelope.flow,
+                step=step,
+                attempt=envelope.attempt,
+                error=error,
+            ),
+        )
+        history = await self._t.ledger.history(envelope.id)
+        attempts = [e.to_dict() for e in [*history, *lines] if e.kind == "step"]
+        headers = {
+            H_ERROR: error,
+            H_CHAIN: orjson.dumps(list(error_chain)).decode(),
+            H_ATTEMPTS: orjson.dumps(attempts).decode(),
+        }
+        outbox = [out("dead", envelope, 0.0, self._gen + 1, headers)]
+        await self._end(
+            envelope,
+            outbox,
+            entries=lines,
+            state=MessageState.DEAD,
+            dead=(step, error, error_chain),
+        )

@@ -1,0 +1,124 @@
+"""Confirmed publishing for the RabbitMQ transport: envelope → AMQP message → broker ack.
+
+Every publish waits for the broker's confirm. While the broker is away (restart, network) a
+publish is tried again for a short while, then fails with TransportError so the ingress can
+answer 503; a lost confirm may mean the broker did store it, so consumers tolerate duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import AbstractExchange
+
+from bus.envelope import Envelope
+from bus.errors import TransportError
+from bus.transport.rabbitmq_topology import TIER_HEADER, tier_for
+
+log = structlog.get_logger()
+
+# Header names on every AMQP message; the envelope JSON body stays the source of truth.
+H_FLOW = "x-tieline-flow"
+H_CURSOR = "x-tieline-cursor"
+H_ATTEMPT = "x-tieline-attempt"
+H_CORRELATION = "x-tieline-correlation-id"
+H_DUE = "x-tieline-due-ms"  # epoch milliseconds (an int: AMQP floats may be 32-bit) before which it must not run
+H_GEN = "x-tieline-gen"  # bumped each time the transport re-sends a message (retry, replay)
+H_ERROR = "x-tieline-error"
+H_CHAIN = "x-tieline-error-chain"
+H_ATTEMPTS = "x-tieline-attempts"
+
+# What a broker outage looks like from aio-pika / aiormq.
+OUTAGE = (
+    aiormq.exceptions.AMQPError,
+    aio_pika.exceptions.AMQPException,
+    ConnectionError,
+    asyncio.TimeoutError,
+    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: channel closed or restoring
+)
+
+
+def message(
+    envelope: Envelope, gen: int, due: float, extra: Mapping[str, object] = ()
+) -> aio_pika.Message:
+    """The AMQP message carrying ``envelope``: persistent, id = envelope id, routing headers."""
+    headers: dict[str, object] = {
+        H_FLOW: envelope.flow,
+        H_CURSOR: envelope.cursor,
+        H_ATTEMPT: envelope.attempt,
+        H_CORRELATION: envelope.correlation_id,
+        H_DUE: int(due * 1000),
+        H_GEN: gen,
+        **dict(extra),
+    }
+    return aio_pika.Message(
+        envelope.to_json(),
+        message_id=envelope.id,
+        correlation_id=envelope.correlation_id,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers=headers,  # type: ignore[arg-type]
+    )
+
+
+class Publisher:
+    """Sends messages on a confirm channel's exchanges, retrying through short outages."""
+
+    def __init__(
+        self,
+        events: AbstractExchange,
+        delay: AbstractExchange,
+        dlx: AbstractExchange,
+        *,
+        give_up_after: float = 5.0,
+        clock=time.time,
+    ):
+        self._events, self._delay, self._dlx = events, delay, dlx
+        self._give_up_after = give_up_after
+        self._clock = clock
+
+    async def send(self, envelope: Envelope, *, gen: int = 0, due: float = 0.0) -> None:
+        """Queue ``envelope`` on its flow, parked in a delay tier while ``due`` is far enough off."""
+        tier = tier_for(due - self._clock()) if due else None
+        if tier is None:
+            await self._publish(self._events, message(envelope, gen, due), envelope.flow)
+        else:
+            msg = message(envelope, gen, due, {TIER_HEADER: tier[1]})
+            await self._publish(self._delay, msg, envelope.flow)
+
+    async def send_many(self, items: Sequence[tuple[Envelope, float]], gen: int = 0) -> None:
+        """Send (envelope, due) pairs concurrently: their confirms arrive pipelined."""
+        await asyncio.gather(*(self.send(env, gen=gen, due=due) for env, due in items))
+
+    async def dead(self, envelope: Envelope, gen: int, headers: Mapping[str, object]) -> None:
+        """Archive a dead letter in its flow's DLQ, the error and attempts in its headers."""
+        await self._publish(self._dlx, message(envelope, gen, 0.0, headers), envelope.flow)
+
+    async def _publish(self, exchange: AbstractExchange, msg: aio_pika.Message, key: str) -> None:
+        deadline = time.monotonic() + self._give_up_after
+        pause = 0.05
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(exchange.publish(msg, key, mandatory=True), max(left, 0.01))
+                return
+            except aio_pika.exceptions.DeliveryError as exc:  # the broker said no: do not retry
+                raise TransportError(
+                    f"rabbitmq: broker refused message {msg.message_id} for {exchange.name}/{key}: "
+                    f"{exc}; check the queue's limits and the broker log"
+                ) from exc
+            except OUTAGE as exc:
+                if time.monotonic() + pause >= deadline:
+                    raise TransportError(
+                        f"rabbitmq: could not publish message {msg.message_id} to "
+                        f"{exchange.name}/{key} within {self._give_up_after}s "
+                        f"({type(exc).__name__}: {exc}); is the broker up? retry later"
+                    ) from exc
+                log.warning("transport.publish_retry", message_id=msg.message_id, error=repr(exc))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)

@@ -1,0 +1,263 @@
+"""RabbitMQ-specific behaviour: topology, confirms, delay tiers, broker restart, worker crash."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+from redis.asyncio import Redis
+
+from bus.envelope import Envelope, new_id
+from bus.errors import TransportError
+from bus.transport.base import Delivery, MessageState
+from bus.transport.rabbitmq import RabbitTransport
+from bus.transport.rabbitmq_publisher import H_ATTEMPT, H_CORRELATION, H_CURSOR, H_FLOW
+
+from .conftest import AMQP_URL, REDIS_URL, Recorder, complete, remove_rabbit
+
+CHILD = Path(__file__).with_name("rabbit_child.py")
+ROOT = Path(__file__).resolve().parents[3]
+
+Make = Callable[..., Awaitable[RabbitTransport]]
+
+
+@pytest.fixture
+async def make() -> AsyncIterator[Make]:
+    """Starts RabbitTransports (a fresh prefix unless given); closes them and removes what they made."""
+    made: list[RabbitTransport] = []
+
+    async def build(**options: Any) -> RabbitTransport:
+        options.setdefault("prefix", f"test-{new_id().lower()}")
+        transport = RabbitTransport(AMQP_URL, REDIS_URL, **options)
+        await transport.start()
+        made.append(transport)
+        return transport
+
+    yield build
+    for transport in made:
+        await transport.close(timeout=1.0)
+    cleaned: set[str] = set()
+    for transport in made:
+        if transport.names.prefix not in cleaned:
+            cleaned.add(transport.names.prefix)
+            await remove_rabbit(transport)
+
+
+async def _exists(kind: str, name: str) -> bool:
+    """Whether exchange/queue ``name`` exists (passive declare on a throwaway channel)."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        try:
+            if kind == "exchange":
+                await channel.declare_exchange(name, passive=True)
+            else:
+                await channel.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            return False
+    return True
+
+
+async def test_topology_names_declared(make: Make) -> None:
+    """start() declares the events, delay and dead-letter exchanges, the tiers, and each flow's queues."""
+    transport = await make(flows=["calls"])
+    p = transport.names.prefix
+    expected = [("exchange", f"{p}.events"), ("exchange", f"{p}.delay"), ("exchange", f"{p}.dlx")]
+    expected += [("queue", f"{p}.flow.calls"), ("queue", f"{p}.dlq.calls")]
+    expected += [
+        ("queue", f"{p}.delay.{label}")
+        for label in ("1s", "5s", "30s", "2m", "10m", "1h", "6h", "1d")
+    ]
+    assert [name for kind, name in expected if not await _exists(kind, name)] == []
+    assert not await _exists("queue", f"{p}.flow.other")
+
+
+async def test_publish_is_confirmed_and_queued(make: Make) -> None:
+    """publish() returns once the broker holds the messages: persistent, id and headers set."""
+    transport = await make()
+    envs = [Envelope.new("orders", {"n": i}) for i in range(3)]
+    assert (await transport.publish(envs)).accepted == [e.id for e in envs]
+    assert await transport.backlog("orders") == 3
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        queue = await (await connection.channel()).get_queue(transport.names.flow("orders"))
+        got = await queue.get(no_ack=False)
+        assert got is not None
+        assert (got.message_id, got.body) == (envs[0].id, envs[0].to_json())
+        assert got.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        headers = got.headers
+        assert (headers[H_FLOW], headers[H_CURSOR], headers[H_ATTEMPT], headers[H_CORRELATION]) == (
+            "orders",
+            0,
+            1,
+            envs[0].id,
+        )
+        await got.reject(requeue=True)
+
+
+@pytest.mark.parametrize("delay", [0.4, 2.2], ids=["below-smallest-tier", "two-tier-hops"])
+async def test_delayed_retry_waits_its_delay(make: Make, delay: float) -> None:
+    """A retry is not delivered before its delay has passed, and is delivered after it."""
+    transport = await make()
+    retried_at: list[float] = []
+
+    async def act(d: Delivery) -> None:
+        if d.envelope.attempt == 1:
+            retried_at.append(time.time())
+            await d.retry(d.envelope.evolve(attempt=2), delay)
+        else:
+            await complete(d)
+
+    rec = Recorder(act)
+    transport.consume("later", rec)
+    await transport.publish([Envelope.new("later", {})])
+    await rec.next()
+    second = await rec.next()
+    assert second.attempt == 2 and time.time() - retried_at[0] >= delay
+    record = await transport.message(second.id)
+    assert record is not None and record.state is MessageState.DELIVERED
+
+
+@pytest.mark.parametrize("quorum", [False, True], ids=["classic", "quorum"])
+async def test_delayed_publish_waits_its_delay(make: Make, quorum: bool) -> None:
+    """publish(delay=...) parks the message in a tier; it arrives only after the delay."""
+    transport = await make(quorum=quorum)
+    rec = Recorder(complete)
+    transport.consume("later", rec)
+    start = time.time()
+    await transport.publish([Envelope.new("later", {})], delay=1.3)
+    await rec.next()
+    assert time.time() - start >= 1.3
+
+
+async def test_start_without_broker_raises(tmp_path: Path) -> None:
+    """start() against an unreachable broker fails with TransportError naming the URL."""
+    transport = RabbitTransport("amqp://guest:guest@127.0.0.1:1/", REDIS_URL, prefix="test-none")
+    with pytest.raises(TransportError, match="127.0.0.1:1"):
+        await transport.start()
+
+
+async def test_two_consumers_process_each_message_once(make: Make) -> None:
+    """Two workers on one flow: every message is handled exactly once between them."""
+    first = await make()
+    second = await make(prefix=first.names.prefix)
+    handled: Counter[str] = Counter()
+    done = asyncio.Event()
+    envs = [Envelope.new("shared", {"i": i}) for i in range(60)]
+
+    async def act(d: Delivery) -> None:
+        handled[d.envelope.id] += 1
+        await asyncio.sleep(0.005)
+        await complete(d)
+        if len(handled) == len(envs):
+            done.set()
+
+    first.consume("shared", act, concurrency=4)
+    second.consume("shared", act, concurrency=4)
+    await first.publish(envs)
+    await asyncio.wait_for(done.wait(), 20)
+    await asyncio.sleep(0.2)  # a duplicate would show up now
+    assert set(handled) == {e.id for e in envs} and set(handled.values()) == {1}
+
+
+async def test_worker_sigkill_resumes_after_checkpoint(make: Make) -> None:
+    """A worker killed mid-message after a to: call: the next worker resumes past it, no repeat."""
+    transport = await make(flows=["kill"])
+    prefix = transport.names.prefix
+    env = Envelope.new("kill", {"n": 1})
+    await transport.publish([env])
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), AMQP_URL, REDIS_URL, prefix, "kill"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT)},
+    )
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(_read_until, child, "checkpointed"), 20)
+        assert line.split()[1] == env.id
+    finally:
+        child.kill()  # SIGKILL: no goodbye to the broker, the delivery is unacked
+        child.wait()
+    redis = Redis.from_url(REDIS_URL)
+
+    async def act(d: Delivery) -> None:
+        if d.envelope.cursor == 0:  # the to: call, done only when not done before
+            await redis.incr(f"{prefix}:calls:{d.envelope.id}")
+        await complete(d)
+
+    rec = Recorder(act)
+    transport.consume("kill", rec)
+    try:
+        got = await rec.next()
+        assert (got.id, got.cursor, got.context) == (env.id, 1, {"ticket": {"id": 7}})
+        assert int(await redis.get(f"{prefix}:calls:{env.id}")) == 1
+    finally:
+        await redis.aclose()
+
+
+def _read_until(child: subprocess.Popen, prefix: str) -> str:
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"rabbit_child exited with {child.wait()} before printing {prefix!r}")
+
+
+async def _ctl(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    assert await proc.wait() == 0, f"rabbitmqctl {' '.join(args)} failed"
+
+
+async def test_broker_restart_loses_no_confirmed_publish(make: Make) -> None:
+    """stop_app/start_app under load: every publish that returned is delivered (lost = 0)."""
+    transport = await make(publish_timeout=0.5, reconnect_interval=0.5, flows=["restart"])
+    accepted: list[str] = []
+    refused = 0
+    handled: set[str] = set()
+    stop = asyncio.Event()
+
+    async def publisher() -> None:
+        nonlocal refused
+        while not stop.is_set():
+            env = Envelope.new("restart", {})
+            try:
+                await transport.publish([env])
+                accepted.append(env.id)
+            except TransportError:  # what the ingress turns into 503
+                refused += 1
+                await asyncio.sleep(0.1)
+
+    async def act(d: Delivery) -> None:
+        await complete(d)
+        handled.add(d.envelope.id)
+
+    transport.consume("restart", act)
+    publishers = [asyncio.create_task(publisher()) for _ in range(4)]
+    try:
+        await asyncio.sleep(0.5)
+        await _ctl("stop_app")
+        await asyncio.sleep(0.5)
+    finally:
+        await _ctl("start_app")
+        await _ctl("await_startup")
+    await asyncio.sleep(2.0)  # publishing resumes on the restored connection
+    stop.set()
+    await asyncio.gather(*publishers)
+    for _ in range(150):
+        if set(accepted) <= handled:
+            break
+        await asyncio.sleep(0.1)
+    assert refused > 0 and len(accepted) > 0, (refused, len(accepted))  # the outage was seen
+    lost = set(accepted) - handled
+    assert lost == set(), f"{len(lost)} of {len(accepted)} confirmed publishes never delivered"
