@@ -42,15 +42,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bus.errors import ConfigError
+    from bus.errors import TielineError
     from bus.logs import configure
     from bus.runtime import run
 
     configure(args.log_level)
     try:
-        run(args.file, args.host, args.port)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
+        run(args.file, getattr(args, "host", None), getattr(args, "port", None),
+            role=args.cmd, watch=args.watch)
+    except TielineError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
 
@@ -300,12 +301,17 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", "-c", default=DEFAULT_FLOWS, help="flows.yaml to use")
         sp.add_argument("--url", help="base URL of a running bus (default: from the config)")
 
-    sp = sub.add_parser("run", help="serve HTTP and run the flows")
-    sp.add_argument("file", nargs="?", default=DEFAULT_FLOWS)
-    sp.add_argument("--host")
-    sp.add_argument("--port", type=int)
-    sp.add_argument("--log-level", default="info")
-    sp.set_defaults(fn=cmd_run)
+    for role, text in (("run", "serve HTTP and run the flows in this process"),
+                       ("serve", "HTTP ingress only (transport: rabbitmq)"),
+                       ("worker", "consume and run the flows, no HTTP (transport: rabbitmq)")):
+        sp = sub.add_parser(role, help=text)
+        sp.add_argument("file", nargs="?", default=DEFAULT_FLOWS)
+        if role != "worker":
+            sp.add_argument("--host")
+            sp.add_argument("--port", type=int)
+        sp.add_argument("--watch", action="store_true", help="reload when flows.yaml or mappings change")
+        sp.add_argument("--log-level", default="info")
+        sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("validate", help="check flows.yaml and mappings; print every error")
     sp.add_argument("file", nargs="?", default=DEFAULT_FLOWS)
@@ -384,7 +390,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.cmd != "run":
+    if args.cmd not in ("run", "serve", "worker"):
         from bus.logs import configure
 
         configure("warning")  # logs go to stderr; stdout is for the command's answer

@@ -9,16 +9,16 @@ from pathlib import Path
 import httpx
 import structlog
 
-from bus.config.loader import load_config
 from bus.audit import AuditLog
-from bus.config.model import Config
+from bus.config.loader import load_config
+from bus.config.model import Config, ConnectorConfig
 from bus.errors import TielineError
 from bus.flow import CompiledFlow, compile_all
 from bus.ingress import Ingress
 from bus.metrics import Metrics, transport_readings
 from bus.observe import Observers
-from bus.stats import Stats
 from bus.runner import FlowRunner
+from bus.stats import Stats
 from bus.transport.base import Transport
 from connectors.base import Connector, ConnectorDeps
 from connectors.registry import ConnectorRegistry
@@ -73,22 +73,20 @@ class Runtime:
         self.http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(10.0), limits=httpx.Limits(max_connections=200)
         )
-        deps = ConnectorDeps(http=self.http)
         self.connectors: dict[str, Connector] = dict(connectors) if connectors is not None else {
-            name: registry.build(name, cc.type, cc.settings, deps)
-            for name, cc in config.connectors.items()
+            name: self.build_connector(name, cc) for name, cc in config.connectors.items()
         }
         self.metrics = Metrics()
         self.stats = Stats()
         self.observers = Observers([self.metrics, self.stats])
-        flow_names = list(self.flows)
-        self.metrics.on_scrape(lambda m: transport_readings(m, self.transport, flow_names))
+        self.metrics.on_scrape(lambda m: transport_readings(m, self.transport, list(self.flows)))
         self.ingress = Ingress(self.flows, self.connectors, self.transport, self.observers)
         self.runner = FlowRunner(self.flows, self.connectors, self.transport, observer=self.observers)
         self.ready = False
         self.guard = None  # set when flows.yaml has a security: section
         self.disabled: set[str] = {n for n, cf in self.flows.items() if not cf.flow.enabled}
         self.audit = AuditLog(config.settings.data_dir / "audit.jsonl")
+        self.reloader = None  # set by serve()/work() when they know the config file
 
     @classmethod
     def from_file(
@@ -115,6 +113,28 @@ class Runtime:
         if self._own_http:
             await self.http.aclose()
         log.info("bus_stopped")
+
+    def build_connector(self, name: str, cc: ConnectorConfig) -> Connector:
+        return self.registry.build(name, cc.type, cc.settings, ConnectorDeps(http=self.http))
+
+    def apply(
+        self, config: Config, flows: Mapping[str, CompiledFlow], connectors: Mapping[str, Connector]
+    ) -> None:
+        """Switch to a new, already validated configuration (see bus/reload.py)."""
+        added = [n for n in flows if n not in self.flows]
+        self.config, self.flows, self.connectors = config, flows, dict(connectors)
+        self.disabled = {n for n in self.disabled if n in flows} | {
+            n for n, cf in flows.items() if not cf.flow.enabled
+        }
+        ingress = Ingress(flows, self.connectors, self.transport, self.observers)
+        ingress.disabled = self.disabled
+        self.ingress = ingress
+        self.runner.update(flows, self.connectors)
+        if self.ready:
+            for name in added:
+                cf = flows[name]
+                if cf.flow.enabled:
+                    self.transport.consume(name, self.runner.handle, concurrency=cf.flow.concurrency)
 
     # ----- operator switches -------------------------------------------------------------
     def is_enabled(self, flow: str) -> bool:
@@ -150,8 +170,15 @@ class Runtime:
         return done
 
     # ----- serving ----------------------------------------------------------------------
-    async def serve(self, host: str | None = None, port: int | None = None) -> None:
-        """Start, serve HTTP until SIGINT/SIGTERM, then stop gracefully."""
+    async def serve(
+        self, host: str | None = None, port: int | None = None, *, consume: bool = True,
+        watch: bool = False, config_path: Path | None = None,
+    ) -> None:
+        """Start, serve HTTP until SIGINT/SIGTERM, then stop gracefully.
+
+        ``consume=False`` is the ``serve`` role (ingress only); SIGHUP reloads the configuration,
+        and so do file changes with ``watch``.
+        """
         import uvicorn
 
         from bus.http.app import build_app
@@ -167,19 +194,68 @@ class Runtime:
                 access_log=False,
             )
         )
-        await self.start()
+        await self.start(consume=consume)
+        background = self._reload_triggers(config_path, watch)
         try:
             await server.serve()
         finally:
+            for task in background:
+                task.cancel()
             await self.stop()
 
+    async def work(self, *, watch: bool = False, config_path: Path | None = None) -> None:
+        """The ``worker`` role: consume and process until SIGINT/SIGTERM; no HTTP."""
+        import signal
 
-def run(path: str | Path, host: str | None = None, port: int | None = None) -> None:
-    """Load, start and serve until a signal stops it (uvloop when installed)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start(consume=True)
+        background = self._reload_triggers(config_path, watch)
+        try:
+            await stop.wait()
+        finally:
+            for task in background:
+                task.cancel()
+            await self.stop()
+
+    def _reload_triggers(self, config_path: Path | None, watch: bool) -> list[asyncio.Task]:
+        import signal
+
+        if config_path is None:
+            return []
+        from bus.reload import Reloader
+
+        self.reloader = Reloader(self, config_path)
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task] = []
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: tasks.append(asyncio.ensure_future(self.reloader.reload()))
+        )
+        if watch:
+            tasks.append(asyncio.ensure_future(self.reloader.watch()))
+        return tasks
+
+
+def run(
+    path: str | Path, host: str | None = None, port: int | None = None, *,
+    role: str = "run", watch: bool = False,
+) -> None:
+    """Load, start and serve (or work) until a signal stops it (uvloop when installed)."""
     runtime = Runtime.from_file(path)
+    if role != "run" and runtime.config.settings.transport == "embedded":
+        raise TielineError(
+            f"'tieline {role}' splits ingress from workers, which needs a shared broker: set "
+            "settings.transport: rabbitmq (the embedded transport lives in one process; use 'tieline run')"
+        )
+    if role == "worker":
+        main = runtime.work(watch=watch, config_path=Path(path))
+    else:
+        main = runtime.serve(host, port, consume=role == "run", watch=watch, config_path=Path(path))
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is not built for every platform
-        asyncio.run(runtime.serve(host, port))
+        asyncio.run(main)
     else:
-        uvloop.run(runtime.serve(host, port))
+        uvloop.run(main)
