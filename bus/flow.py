@@ -17,20 +17,36 @@ from typing import Any
 import jsonschema
 
 from bus.config.model import (
+    BreakerPolicy,
+    Compensation,
     Config,
+    ConnectorConfig,
     FilterStep,
     Flow,
     Location,
     MappingRef,
     MapStep,
     PublishStep,
+    Rate,
+    ReplyStep,
     RetryPolicy,
     RouteStep,
+    SplitStep,
     Step,
     ToStep,
     ValidateStep,
 )
 from bus.mapping import Expression, compile_expression, compile_mapping
+
+
+@dataclass(frozen=True, slots=True)
+class Undo:
+    """A compiled compensation: the action that undoes a completed ``to:`` (sagas)."""
+
+    label: str  # 'steps[1] compensate: desk.delete_ticket'
+    connector: str
+    action: str
+    mapping: Any = None  # payload; None: the body
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +67,19 @@ class Instr:
     retry: RetryPolicy | None = None  # to: overrides the flow policy
     topic: str = ""  # publish
     delay: float | None = None  # publish
+    delay_expr: Expression | None = None  # publish: per-message delay
+    undo: Undo | None = None  # to: saga compensation
+    cache: float | None = None  # to: sync flows reuse results this long
+    rate: Rate | None = None  # to: the connector's throttle
+    breaker: BreakerPolicy | None = None  # to: the connector's circuit breaker
+    status: int = 200  # reply
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryRule:
+    flow: str
+    percent: float
+    key: Expression
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +89,9 @@ class CompiledFlow:
     when: Expression | None = None
     # index i → True when an instruction at or after i is a 'to' (a checkpoint is then worth a commit)
     to_ahead: tuple[bool, ...] = field(default=())
+    canary: CanaryRule | None = None
+    canary_of: str | None = None  # this flow is the canary of that one: it gets messages via it
+    saga: bool = False  # some to: has a compensation
 
     @property
     def name(self) -> str:
@@ -77,8 +109,9 @@ def _resolve(ref: MappingRef, mappings: Mapping[str, Any]) -> Any:
 
 
 class _Compiler:
-    def __init__(self, mappings: Mapping[str, Any]):
+    def __init__(self, mappings: Mapping[str, Any], connectors: Mapping[str, ConnectorConfig]):
         self.mappings = mappings
+        self.connectors = connectors
         self.out: list[Instr] = []
 
     def steps(self, steps: tuple[Step, ...], prefix: str) -> None:
@@ -97,6 +130,7 @@ class _Compiler:
             emit(Instr("filter", f"{path} filter", step.loc, expr=compile_expression(step.expr)))
         elif isinstance(step, ToStep):
             m = _resolve(step.mapping, self.mappings) if step.mapping else None
+            cc = self.connectors.get(step.connector)
             emit(
                 Instr(
                     "to",
@@ -107,6 +141,10 @@ class _Compiler:
                     action=step.action,
                     as_=step.as_,
                     retry=step.retry,
+                    undo=self.undo(step.compensate, path),
+                    cache=step.cache,
+                    rate=cc.rate if cc else None,
+                    breaker=cc.circuit_breaker if cc else None,
                 )
             )
         elif isinstance(step, PublishStep):
@@ -119,12 +157,26 @@ class _Compiler:
                     mapping=m,
                     topic=step.topic,
                     delay=step.delay,
+                    delay_expr=compile_expression(step.delay_expr) if step.delay_expr else None,
                 )
             )
+        elif isinstance(step, ReplyStep):
+            m = _resolve(step.mapping, self.mappings) if step.mapping else None
+            emit(Instr("reply", f"{path} reply", step.loc, mapping=m, status=step.status))
+        elif isinstance(step, SplitStep):
+            expr = compile_expression(step.expr)
+            emit(Instr("split", f"{path} split: {step.expr}", step.loc, expr=expr))
         elif isinstance(step, RouteStep):
             self.route(step, path)
         else:  # pragma: no cover - the loader only builds the kinds above
             raise TypeError(f"unknown step {step!r}")
+
+    def undo(self, comp: Compensation | None, path: str) -> Undo | None:
+        if comp is None:
+            return None
+        m = _resolve(comp.mapping, self.mappings) if comp.mapping else None
+        label = f"{path} compensate: {comp.connector}.{comp.action}"
+        return Undo(label, comp.connector, comp.action, m)
 
     def route(self, step: RouteStep, path: str) -> None:
         at = len(self.out)
@@ -149,17 +201,31 @@ def _with(instr: Instr, **changes: Any) -> Instr:
     return replace(instr, **changes)
 
 
-def compile_flow(flow: Flow, mappings: Mapping[str, Any]) -> CompiledFlow:
-    """Flatten ``flow`` into instructions; mappings are the named, already compiled ones."""
-    c = _Compiler(mappings)
+def compile_flow(flow: Flow, mappings: Mapping[str, Any],
+                 connectors: Mapping[str, ConnectorConfig] | None = None) -> CompiledFlow:
+    """Flatten ``flow`` into instructions; mappings are the named, already compiled ones.
+
+    ``connectors`` supply each ``to:`` with its connector's throttle and circuit breaker.
+    """
+    c = _Compiler(mappings, connectors or {})
     c.steps(flow.steps, "steps")
     program = tuple(c.out)
     ahead = [False] * (len(program) + 1)
     for i in range(len(program) - 1, -1, -1):
         ahead[i] = ahead[i + 1] or program[i].kind == "to"
     when = compile_expression(flow.when) if flow.when else None
-    return CompiledFlow(flow=flow, program=program, when=when, to_ahead=tuple(ahead))
+    canary = None
+    if flow.canary is not None:
+        c_ = flow.canary
+        canary = CanaryRule(c_.flow, c_.percent, compile_expression(c_.key))
+    return CompiledFlow(flow=flow, program=program, when=when, to_ahead=tuple(ahead),
+                        canary=canary, saga=any(i.undo is not None for i in program))
 
 
 def compile_all(config: Config) -> dict[str, CompiledFlow]:
-    return {name: compile_flow(f, config.mappings) for name, f in config.flows.items()}
+    out = {name: compile_flow(f, config.mappings, config.connectors)
+           for name, f in config.flows.items()}
+    for name, cf in list(out.items()):
+        if cf.canary is not None and cf.canary.flow in out:
+            out[cf.canary.flow] = _with(out[cf.canary.flow], canary_of=name)
+    return out

@@ -15,6 +15,7 @@ from jmespath.exceptions import JMESPathError
 
 from bus.envelope import EVENT, SOURCE, TRACEPARENT, Envelope
 from bus.errors import MappingError, PayloadError
+from bus.canary import route_variants
 from bus.flow import CompiledFlow
 from bus.observe import Observer
 from bus.transport.base import Transport
@@ -93,6 +94,7 @@ class Ingress:
             if cf.when is not None and not _matches(cf, env):
                 continue
             envelopes.append(env)
+        envelopes = route_variants(self.flows, envelopes)
         # One correlation id for all flows fed by the same event.
         if len(envelopes) > 1:
             corr = envelopes[0].id

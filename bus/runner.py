@@ -15,14 +15,17 @@ from typing import Any
 import structlog
 from jmespath.exceptions import JMESPathError
 
-from bus.envelope import TRACEPARENT, Envelope
+from bus import saga
+from bus.calls import Calls, Hold, call_context
+from bus.canary import VARIANT, route_variants
+from bus.envelope import Envelope
 from bus.errors import ConnectorError, MappingError, PermanentError, RetryableError
 from bus.flow import CompiledFlow, Instr
 from bus.observe import Observer
 from bus.retry import decide
-from bus.steps import StepFailure, run_pure
+from bus.steps import StepFailure, publish_delay, run_pure, split_children
 from bus.transport.base import Delivery, LedgerEntry, MessageState, Transport
-from connectors.base import CallContext, Connector
+from connectors.base import Connector
 
 log = structlog.get_logger("tieline.runner")
 
@@ -42,6 +45,7 @@ class Topics:
     """Which flows consume each topic (``from: {topic: X}``), with their ``when`` filters."""
 
     def __init__(self, flows: Mapping[str, CompiledFlow]):
+        self.flows = flows
         self.by_topic: dict[str, list[CompiledFlow]] = {}
         for cf in flows.values():
             topic = getattr(cf.flow.source, "topic", None)
@@ -54,7 +58,7 @@ class Topics:
             child = parent.derive(cf.name, body, event=topic, flow_version=cf.version)
             if cf.when is None or _safe_truthy(cf.when, child):
                 out.append(child)
-        return out
+        return route_variants(self.flows, out)
 
 
 def _safe_truthy(expr: Any, env: Envelope) -> bool:
@@ -73,13 +77,35 @@ class FlowRunner:
         *,
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
+        calls: Calls | None = None,
     ):
+        """``calls`` carries throttles, breakers and cache; share it with sync API flows."""
         self.observer = observer or Observer()
         self.flows = flows
         self.connectors = connectors
         self.transport = transport
         self.topics = Topics(flows)
         self.clock = clock
+        self.calls = calls or Calls(connectors, observer=self.observer)
+        self.saga = saga.Compensator(self)
+        # Every compiled version this process has run: a message that already started keeps
+        # running on its version after a reload.
+        self.versions = {(n, cf.version): cf for n, cf in flows.items()}
+
+    def update(self, flows: Mapping[str, CompiledFlow], connectors: Mapping[str, Connector]) -> None:
+        """Switch to reloaded flows and connectors (messages under way keep their version)."""
+        self.versions.update({(n, cf.version): cf for n, cf in flows.items()})
+        self.flows, self.connectors, self.topics = flows, connectors, Topics(flows)
+        self.calls.connectors = connectors
+
+    def flow_for(self, env: Envelope) -> CompiledFlow | None:
+        """The version ``env`` started on if it has started; otherwise the current one."""
+        started = env.cursor > 0 or env.attempt > 1
+        if started:
+            known = self.versions.get((env.flow, env.flow_version))
+            if known is not None:
+                return known
+        return self.flows.get(env.flow)
 
     def start(self) -> None:
         """Subscribe a consumer per enabled flow."""
@@ -90,7 +116,7 @@ class FlowRunner:
     # ----- one message -------------------------------------------------------------------
     async def handle(self, delivery: Delivery) -> None:
         env = delivery.envelope
-        cf = self.flows.get(env.flow)
+        cf = self.flow_for(env)
         if cf is None:
             await delivery.dead(env, f"flow {env.flow!r} is not defined", [])
             return
@@ -98,10 +124,19 @@ class FlowRunner:
         entries: list[LedgerEntry] = []
         emits: list[tuple[Envelope, float]] = []
         program = cf.program
+        if cf.saga:
+            env = self.saga.prepare(cf, env, entries)
+            if saga.compensating(env):  # resumed (retry, crash, replay) mid-compensation
+                await self.saga.run(delivery, cf, env, entries)
+                return
         while env.cursor < len(program):
             cursor = env.cursor
             instr = program[cursor]
             if instr.kind == "to":
+                hold = await self.calls.admit(instr.connector, instr.rate, instr.breaker)
+                if hold is not None:
+                    await self._hold(delivery, cf, instr, env, hold, entries)
+                    return
                 try:
                     env = await self._call(cf, instr, env, entries)
                 except (ConnectorError, Exception) as exc:  # classified in _failed
@@ -110,12 +145,18 @@ class FlowRunner:
                 if cf.to_ahead[env.cursor]:
                     await delivery.checkpoint(env, entries)
                     entries = []
-            elif instr.kind == "publish":
+            elif instr.kind in ("publish", "split"):
                 try:
+                    if instr.kind == "split":
+                        await self._split(delivery, cf, instr, env, entries, emits)
+                        return
                     env = await self._publish(cf, instr, env, entries, emits)
-                except (MappingError, JMESPathError) as exc:
+                except (MappingError, JMESPathError, StepFailure) as exc:
                     await self._failed(delivery, cf, instr, env, StepFailure(str(exc)), entries)
                     return
+            elif instr.kind == "reply":  # only sync flows answer; here it just ends the flow
+                entries.append(self._entry(env, cf, "step", instr, "skipped", detail="no request"))
+                break
             else:
                 try:
                     out = run_pure(instr, env, cursor)
@@ -130,7 +171,15 @@ class FlowRunner:
                     await delivery.complete(MessageState.FILTERED, env, entries)
                     self._finished(cf, env, "filtered")
                     return
-        entries.append(LedgerEntry(env.id, "delivered", self.clock(), flow=cf.name))
+        await self._deliver(delivery, cf, env, entries, emits)
+
+    async def _deliver(self, delivery: Delivery, cf: CompiledFlow, env: Envelope,
+                       entries: list[LedgerEntry], emits: Sequence[tuple[Envelope, float]],
+                       note: str | None = None) -> None:
+        detail: dict[str, Any] = {"note": note} if note else {}
+        if VARIANT in env.headers:
+            detail[VARIANT] = env.headers[VARIANT]
+        entries.append(LedgerEntry(env.id, "delivered", self.clock(), flow=cf.name, detail=detail))
         await delivery.complete(MessageState.DELIVERED, env, entries, emits)
         self._finished(cf, env, "delivered")
         if emits:
@@ -138,7 +187,8 @@ class FlowRunner:
         log.debug("delivered", message_id=env.id, flow=cf.name)
 
     def _finished(self, cf: CompiledFlow, env: Envelope, outcome: str) -> None:
-        self.observer.finished(cf.name, outcome, self.clock() - env.first_seen)
+        self.observer.finished(cf.name, outcome, self.clock() - env.first_seen,
+                               variant=env.headers.get(VARIANT, ""))
 
     def _received_children(self, children: Sequence[Envelope]) -> None:
         for child in children:
@@ -147,35 +197,37 @@ class FlowRunner:
     async def _call(
         self, cf: CompiledFlow, instr: Instr, env: Envelope, entries: list[LedgerEntry]
     ) -> Envelope:
-        connector = self.connectors[instr.connector]
         payload = instr.mapping.apply(env.view()) if instr.mapping else env.body
-        ctx = CallContext(
-            message_id=env.id,
-            flow=cf.name,
-            step=instr.label,
-            idempotency_key=env.idempotency_key(env.cursor),
-            attempt=env.attempt,
-            correlation_id=env.correlation_id,
-            traceparent=env.headers.get(TRACEPARENT),
-        )
+        ctx = call_context(cf.name, instr.label, env, env.idempotency_key(env.cursor))
         started = self.clock()
-        try:
-            result = await connector.call(instr.action, payload, ctx)
-        except BaseException as exc:
-            outcome = (
-                "retryable" if isinstance(exc, RetryableError)
-                else "permanent" if isinstance(exc, PermanentError) else "error"
-            )
-            self.observer.connector_call(instr.connector, instr.action, outcome, self.clock() - started)
-            raise
-        elapsed = self.clock() - started
-        self.observer.connector_call(instr.connector, instr.action, "ok", elapsed)
-        took = round(elapsed * 1000, 2)
+        result = await self.calls.call(instr.connector, instr.action, payload, ctx,
+                                       breaker=instr.breaker)
+        took = round((self.clock() - started) * 1000, 2)
         entries.append(self._entry(env, cf, "step", instr, "ok", detail={"ms": took}))
         context = dict(env.context)
         if instr.as_:
             context[instr.as_] = result
+        if instr.undo is not None:
+            saga.remember(context, env.cursor, result)
         return env.evolve(cursor=env.cursor + 1, context=context, attempt=1)
+
+    async def _hold(self, delivery: Delivery, cf: CompiledFlow, instr: Instr, env: Envelope,
+                    hold: Hold, entries: list[LedgerEntry]) -> None:
+        """Throttled or circuit open: run this step again later, with the same attempt."""
+        delay = round(hold.delay, 3)
+        entries.append(self._entry(env, cf, "step", instr, hold.reason, detail={"delay": delay}))
+        log.info(hold.reason, message_id=env.id, flow=cf.name, step=instr.label, delay=delay)
+        await delivery.retry(env, hold.delay, entries)
+        self._finished(cf, env, "waiting")
+
+    async def _split(self, delivery: Delivery, cf: CompiledFlow, instr: Instr, env: Envelope,
+                     entries: list[LedgerEntry], emits: list[tuple[Envelope, float]]) -> None:
+        """End this message; each item continues as its own message at the next instruction."""
+        children = split_children(instr, env, env.cursor)
+        note = f"split into {len(children)}"
+        entries.append(self._entry(env, cf, "step", instr, "ok", detail={"split": len(children)}))
+        await self._deliver(delivery, cf, env, entries, [*emits, *((c, 0.0) for c in children)],
+                            note=note)
 
     async def _publish(
         self,
@@ -187,7 +239,7 @@ class FlowRunner:
     ) -> Envelope:
         body = instr.mapping.apply(env.view()) if instr.mapping else env.body
         children = self.topics.children(env, instr.topic, body)
-        delay = instr.delay or 0.0
+        delay = publish_delay(instr, env)
         if children and cf.to_ahead[env.cursor + 1]:
             # A later to: may fail and retry from there; publish now, deduplicated so a redo
             # after a crash does not emit twice.
@@ -221,7 +273,8 @@ class FlowRunner:
         if not retryable:
             entries.append(self._entry(env, cf, "step", instr, "fail", error=error))
             bound.warning("dead_letter", error=error, reason="permanent")
-            await self._dead(delivery, cf, env, error, chain, entries)
+            self.observer.failed(cf.name, instr.label, env.id, error, False)
+            await self._give_up(delivery, cf, instr, env, error, chain, entries)
             return
         policy = instr.retry or cf.flow.retry
         retry_after = getattr(exc, "retry_after", None)
@@ -239,6 +292,7 @@ class FlowRunner:
                 )
             )
             bound.info("retry_scheduled", error=error, delay=round(verdict.delay, 3))
+            self.observer.failed(cf.name, instr.label, env.id, error, True)
             await delivery.retry(env.evolve(attempt=env.attempt + 1), verdict.delay, entries)
             self._finished(cf, env, "retried")
             return
@@ -246,7 +300,18 @@ class FlowRunner:
             self._entry(env, cf, "step", instr, "fail", error=error, detail={"reason": verdict.reason})
         )
         bound.warning("dead_letter", error=error, reason=verdict.reason)
-        await self._dead(delivery, cf, env, f"{error} ({verdict.reason})", chain, entries)
+        self.observer.failed(cf.name, instr.label, env.id, error, False)
+        await self._give_up(delivery, cf, instr, env, f"{error} ({verdict.reason})", chain,
+                            entries)
+
+    async def _give_up(self, delivery: Delivery, cf: CompiledFlow, instr: Instr, env: Envelope,
+                       error: str, chain: list[str], entries: list[LedgerEntry]) -> None:
+        """Dead-letter, after undoing the completed saga steps if there are any."""
+        if saga.pending(env):
+            env = saga.begin(env, error, chain, instr.label)
+            await self.saga.run(delivery, cf, env, entries)
+        else:
+            await self._dead(delivery, cf, env, error, chain, entries)
 
     async def _dead(
         self,

@@ -2,16 +2,22 @@
 
 No I/O here: each function takes an envelope and returns the next one (or raises a
 StepFailure that the runner turns into a dead letter). ``to`` and ``publish`` touch the world
-and live in the runner.
+and live in the runner; the pure parts of ``publish`` (its delay) and ``split`` (the children)
+are here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bus.envelope import Envelope
+from jmespath.exceptions import JMESPathError
+
+from bus.config.loader import parse_duration
+from bus.envelope import CAUSATION_ID, Envelope, new_id
 from bus.errors import MappingError, TielineError
 from bus.flow import Instr
+
+SPLIT_INDEX, SPLIT_COUNT = "split_index", "split_count"  # headers of split children
 
 
 class StepFailure(TielineError):
@@ -63,3 +69,44 @@ def run_pure(instr: Instr, env: Envelope, cursor: int) -> PureOutcome:
 
 def _view(env: Envelope) -> dict:
     return env.view()
+
+
+def publish_delay(instr: Instr, env: Envelope) -> float:
+    """Seconds before a published message runs: ``delay:``, or ``delay_expr:`` on this message."""
+    if instr.delay_expr is None:
+        return instr.delay or 0.0
+    try:
+        value = instr.delay_expr.search(_view(env))
+    except (MappingError, JMESPathError) as e:
+        raise StepFailure(f"delay_expr {instr.delay_expr.source}: {e}") from e
+    if value is None:
+        return 0.0
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(value)
+        return max(0.0, parse_duration(value))
+    except ValueError:
+        raise StepFailure(f"delay_expr {instr.delay_expr.source} gave {value!r}: expected "
+                          "seconds or a duration like 30s, 2h, 2d") from None
+
+
+def split_children(instr: Instr, env: Envelope, cursor: int) -> list[Envelope]:
+    """One envelope per item of the split list, in the same flow, resuming after ``cursor``."""
+    try:
+        items = instr.expr.search(_view(env))
+    except (MappingError, JMESPathError) as e:
+        raise StepFailure(f"split {instr.expr.source}: {e}") from e
+    if not isinstance(items, list):
+        kind = "null" if items is None else type(items).__name__
+        raise StepFailure(f"split {instr.expr.source} gave {kind}, not a list; point it at an array")
+    # Saga state belongs to the parent: a child must never undo the parent's steps.
+    context = {k: v for k, v in env.context.items() if not k.startswith("_saga")}
+    count = str(len(items))
+    return [
+        Envelope(
+            id=new_id(), flow=env.flow, body=item, cursor=cursor + 1, context=context,
+            headers={**env.headers, CAUSATION_ID: env.id, SPLIT_INDEX: str(i), SPLIT_COUNT: count},
+            flow_version=env.flow_version,
+        )
+        for i, item in enumerate(items)
+    ]

@@ -13,7 +13,17 @@ from typing import Any
 
 import jsonschema
 
-from bus.config.model import Flow, PublishStep, RouteStep, Step, TopicSource
+from bus.config.model import (
+    Flow,
+    HttpSource,
+    PublishStep,
+    ReplyStep,
+    RouteStep,
+    SplitStep,
+    Step,
+    TopicSource,
+    ToStep,
+)
 from bus.config.suggest import did_you_mean
 from bus.config.yamlload import MarkIndex, YamlPath
 from bus.errors import ConfigIssue
@@ -179,6 +189,73 @@ class Checker:
                 self.add((*path, i), f"'otherwise' must be the last branch: the {after} "
                          f"branch(es) after it are never reached; move it to the end")
             seen = True
+
+
+    def flow_steps(self, path: YamlPath, flow: Flow, paths: Mapping[int, YamlPath]) -> None:
+        """Steps that only make sense in sync (from: {http}) flows, or only in durable ones."""
+        sync = isinstance(flow.source, HttpSource)
+        for step in _walk(flow.steps):
+            at = paths.get(id(step), (*path, "steps"))
+            if isinstance(step, ReplyStep) and not sync:
+                self.add(at, "reply answers an HTTP request: only flows with from: {http: ...} "
+                         "have one; use to: or publish: here")
+            if isinstance(step, SplitStep) and sync:
+                self.add(at, "split makes new durable messages: a sync flow (from: {http}) cannot "
+                         "split; move the split into a flow fed by publish:")
+            if isinstance(step, ToStep):
+                if step.cache is not None and not sync:
+                    self.add((*at, "cache"), "cache applies to sync flows (from: {http}) only; "
+                             "remove it")
+                if step.compensate is not None and sync:
+                    self.add((*at, "compensate"), "compensate needs a durable flow; a sync flow "
+                             "(from: {http}) has no saga state: remove it")
+                if step.as_ is not None and step.as_.startswith("_saga"):
+                    self.add((*at, "as"), f"'{step.as_}' is reserved for saga state; pick "
+                             "another name")
+
+    def flow_links(self, flows: Mapping[str, Flow]) -> None:
+        """Canary targets exist and share the source; no two sync flows serve one route."""
+        targets: dict[str, str] = {}
+        for name, flow in flows.items():
+            canary = flow.canary
+            if canary is None:
+                continue
+            at = ("flows", name, "canary", "flow")
+            other = flows.get(canary.flow)
+            if canary.flow == name:
+                self.add(at, "a flow cannot be its own canary; name another flow")
+            elif other is None:
+                self.add(at, f"canary flow '{canary.flow}' is not defined",
+                         did_you_mean(canary.flow, flows))
+            elif _source_key(other) != _source_key(flow):
+                self.add(at, f"canary flow '{canary.flow}' must have the same from: as "
+                         f"'{name}'; copy this flow's from: into it")
+            elif other.canary is not None:
+                self.add(at, f"canary flow '{canary.flow}' has a canary itself; chains are "
+                         "not supported")
+            elif canary.flow in targets:
+                self.add(at, f"'{canary.flow}' is already the canary of flow "
+                         f"'{targets[canary.flow]}'; a flow is the canary of one flow at most")
+            else:
+                targets[canary.flow] = name
+        routes: dict[tuple[str, str], str] = {}
+        for name, flow in flows.items():
+            if not isinstance(flow.source, HttpSource) or name in targets:
+                continue
+            route = (flow.source.method, flow.source.path)
+            if route in routes:
+                self.add(("flows", name, "from", "http"), f"flow '{routes[route]}' already "
+                         f"serves {' '.join(route)}; change the method or path")
+            routes.setdefault(route, name)
+
+
+def _source_key(flow: Flow) -> tuple[str, ...]:
+    src = flow.source
+    if isinstance(src, HttpSource):
+        return ("http", src.method, src.path)
+    if isinstance(src, TopicSource):
+        return ("topic", src.topic)
+    return ("event", src.connector, src.event)
 
 
 def _unknown(what: str, name: str, connector: str, known: Iterable[str]) -> tuple[str, Any]:

@@ -32,6 +32,8 @@ from connectors.base import Connector
 SCHEMA: dict[str, Any] = json.loads(
     resources.files("bus.config").joinpath("flows.schema.json").read_text(encoding="utf-8"))
 _AMOUNT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
+_RATE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*/\s*(s|sec|m|min|h|hour)\s*")
+_PER = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}
 _SECONDS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _BYTES = {"": 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2,
           "GB": 1000**3, "GiB": 1024**3}
@@ -40,6 +42,14 @@ _BYTES = {"": 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2,
 def parse_duration(value: float | str) -> float:
     """Seconds from a number or a string like ``500ms``, ``30s``, ``5m``, ``2h``, ``7d``."""
     return _amount(value, _SECONDS)
+
+
+def parse_rate(value: str) -> float:
+    """Calls per second from a string like ``700/min``, ``10/s``, ``5000/h``."""
+    match = _RATE.fullmatch(value)
+    if not match:  # the schema has checked this already
+        raise ValueError(f"not a rate: {value!r}")
+    return float(match.group(1)) / _PER[match.group(2)]
 
 
 def parse_size(value: int | str) -> int:
@@ -120,6 +130,7 @@ class _Builder:
             flow = self.flow(name, raw) if isinstance(raw, dict) else None
             if flow is not None:
                 flows[name] = flow
+        self.check.flow_links(flows)
         return m.Config(settings, connectors, flows, dict(self.compiled), self.source)
 
     def section(self, key: str) -> dict[str, Any]:
@@ -192,7 +203,25 @@ class _Builder:
             self.issues.extend(issue for bad, issue in found if bad not in self.failed)
             if not found:
                 self.check.events[name] = set(cls.event_names_for(settings))
-        return m.ConnectorConfig(name, raw["type"], settings, self.marks.key_loc(path))
+        return m.ConnectorConfig(name, raw["type"], settings, self.marks.key_loc(path),
+                                 self.rate(path, raw), self.breaker(raw.get("circuit_breaker")))
+
+    def rate(self, path: YamlPath, raw: dict[str, Any]) -> m.Rate | None:
+        if "rate" not in raw:
+            if "burst" in raw:
+                self.check.add((*path, "burst"), "burst needs a rate; add rate: e.g. 10/s")
+            return None
+        per_second = parse_rate(raw["rate"])
+        return m.Rate(per_second, float(raw.get("burst") or max(1.0, per_second)))
+
+    def breaker(self, raw: dict[str, Any] | None) -> m.BreakerPolicy | None:
+        if raw is None:
+            return None
+        given = dict(raw)
+        for key in ("window", "cooldown"):
+            if key in given:
+                given[key] = parse_duration(given[key])
+        return m.BreakerPolicy(**given)
 
     # ----- flows ----------------------------------------------------------------------
     def flow(self, name: str, raw: dict[str, Any]) -> m.Flow | None:
@@ -216,8 +245,16 @@ class _Builder:
             retry=self.retry(raw.get("retry") or {}, m.RetryPolicy()),
             dead_letter=m.DeadLetterRule(**(raw.get("dead_letter") or {})),
             concurrency=raw.get("concurrency", 16), enabled=raw.get("enabled", True),
-            loc=self.marks.key_loc(path))
+            loc=self.marks.key_loc(path), canary=self.canary((*path, "canary"), raw.get("canary")),
+            timeout=parse_duration(raw["timeout"]) if "timeout" in raw else None)
+        self.check.flow_steps(path, flow, self.paths)
         return dataclasses.replace(flow, version=self.version(raw))
+
+    def canary(self, path: YamlPath, raw: dict[str, Any] | None) -> m.Canary | None:
+        if raw is None:
+            return None
+        key = self.expression((*path, "key"), raw["key"])
+        return m.Canary(raw["flow"], float(raw["percent"]), key, self.marks.loc(path))
 
     def version(self, raw: dict[str, Any]) -> str:
         # Editing a mapping or schema file the flow uses changes its version too.
@@ -265,14 +302,47 @@ class _Builder:
             connector, _, action = raw["to"].partition(".")
             self.check.action((*path, "to"), connector, action)
             retry = self.retry(raw["retry"], m.RetryPolicy()) if "retry" in raw else None
-            return m.ToStep(connector, action, mapping, raw.get("as"), retry, loc)
+            cache = parse_duration(raw["cache"]) if "cache" in raw else None
+            undo = self.compensation((*path, "compensate"), raw.get("compensate"))
+            step = m.ToStep(connector, action, mapping, raw.get("as"), retry, loc, undo, cache)
+            self.paths[id(step)] = path
+            return step
         if "publish" in raw:
             delay = parse_duration(raw["delay"]) if "delay" in raw else None
-            step = m.PublishStep(raw["publish"], mapping, delay, loc)
+            delay_expr = raw.get("delay_expr")
+            if delay_expr is not None:
+                self.expression((*path, "delay_expr"), delay_expr)
+            step = m.PublishStep(raw["publish"], mapping, delay, loc, delay_expr)
             self.paths[id(step)] = (*path, "publish")
+            return step
+        if "reply" in raw:
+            step = self.reply((*path, "reply"), raw["reply"], loc)
+        elif "split" in raw:
+            step = m.SplitStep(self.expression((*path, "split"), raw["split"]), loc)
+        if "reply" in raw or "split" in raw:
+            self.paths[id(step)] = path
             return step
         assert mapping is not None  # the schema requires one kind per step
         return m.MapStep(mapping, loc)
+
+    def compensation(self, path: YamlPath, raw: dict[str, Any] | None) -> m.Compensation | None:
+        if raw is None:
+            return None
+        connector, _, action = raw["action"].partition(".")
+        self.check.action((*path, "action"), connector, action)
+        mapping = self.mapping_ref((*path, "map"), raw["map"]) if "map" in raw else None
+        return m.Compensation(connector, action, mapping, self.marks.loc(path))
+
+    def reply(self, path: YamlPath, raw: str | dict[str, Any], loc: m.Location) -> m.ReplyStep:
+        # {status, map} is the long form; anything else is a mapping (a name or inline spec).
+        if isinstance(raw, dict) and raw and set(raw) <= {"status", "map"}:
+            status = raw.get("status", 200)
+            if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+                self.check.add((*path, "status"), f"status is an HTTP status 100-599, got {status!r}")
+                status = 200
+            ref = self.mapping_ref((*path, "map"), raw["map"]) if "map" in raw else None
+            return m.ReplyStep(status, ref, loc)
+        return m.ReplyStep(200, self.mapping_ref(path, raw), loc)
 
     def branches(self, path: YamlPath, raw: list[dict[str, Any]]) -> tuple[m.Branch, ...]:
         self.check.branches(path, raw)

@@ -75,11 +75,32 @@ class MappingRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Rate:
+    """A token bucket: ``per_second`` tokens a second, at most ``burst`` saved up."""
+
+    per_second: float
+    burst: float
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """Open after ``failure_ratio`` of at least ``min_calls`` calls in ``window`` s failed retryably."""
+
+    failure_ratio: float = 0.5
+    window: float = 30.0
+    min_calls: int = 10
+    cooldown: float = 30.0
+    half_open_calls: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectorConfig:
     name: str
     type: str
     settings: Mapping[str, Any]  # validated against the type's config_schema; may hold secrets
     loc: Location = NOWHERE
+    rate: Rate | None = None  # calls to this connector are throttled (shared by every flow)
+    circuit_breaker: BreakerPolicy | None = None
 
 
 # ----- flow sources -------------------------------------------------------------------
@@ -143,6 +164,16 @@ class RouteStep:
 
 
 @dataclass(frozen=True, slots=True)
+class Compensation:
+    """The undo of a ``to:`` step (sagas): its payload mapping also sees ``context.<as>``."""
+
+    connector: str
+    action: str
+    mapping: MappingRef | None = None
+    loc: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
 class ToStep:
     connector: str
     action: str
@@ -150,6 +181,8 @@ class ToStep:
     as_: str | None = None  # store the result in context[as_]
     retry: RetryPolicy | None = None  # overrides the flow's policy for this step
     loc: Location = NOWHERE
+    compensate: Compensation | None = None
+    cache: float | None = None  # sync flows: seconds a result is reused for the same payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +191,37 @@ class PublishStep:
     mapping: MappingRef | None = None  # body of the published event; default: the current body
     delay: float | None = None  # seconds
     loc: Location = NOWHERE
+    delay_expr: str | None = None  # JMESPath giving the delay (seconds or a duration string)
 
 
-Step = ValidateStep | MapStep | FilterStep | RouteStep | ToStep | PublishStep
+@dataclass(frozen=True, slots=True)
+class ReplyStep:
+    """Sync flows: end the flow and answer the HTTP request with the mapped body."""
+
+    status: int = 200
+    mapping: MappingRef | None = None  # default: the current body
+    loc: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class SplitStep:
+    """One child message per item of the list ``expr`` gives, continuing at the next step."""
+
+    expr: str
+    loc: Location = NOWHERE
+
+
+Step = ValidateStep | MapStep | FilterStep | RouteStep | ToStep | PublishStep | ReplyStep | SplitStep
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """Send ``percent`` % of the flow's messages (by hash of ``key``) to flow ``flow`` instead."""
+
+    flow: str
+    percent: float
+    key: str
+    loc: Location = NOWHERE
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +236,8 @@ class Flow:
     enabled: bool = True
     version: str = ""  # short hash of the flow's definition and the mappings it uses
     loc: Location = NOWHERE
+    canary: Canary | None = None
+    timeout: float | None = None  # sync flows: seconds before the request answers 504
 
 
 @dataclass(frozen=True, slots=True)

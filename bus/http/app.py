@@ -8,7 +8,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from bus.http import api, api_dlq, ingress, observability
+from bus.http import api, api_dlq, ingress, observability, sync_routes
 from bus.http.openapi import document
 from bus.http.responses import JSON, error
 
@@ -37,6 +37,7 @@ def build_app(runtime: Runtime) -> Starlette:
         *ingress.routes(runtime),
         *api.routes(runtime),
         *api_dlq.routes(runtime),
+        *sync_routes.routes(runtime),  # after /api/v1: operator routes keep priority
         *observability.routes(runtime),
     ]
     if runtime.config.settings.sandbox:

@@ -82,3 +82,32 @@ def test_filter_stops_the_message():
     cf = compile_flow(flow, {})
     assert walk(cf, {"ok": False}) == ["filter", "filtered"]
     assert walk(cf, {"ok": True}) == ["filter", "publish"]
+
+
+def test_advanced_steps_compile():
+    """reply, split and a to: with compensate, cache and its connector's rate and breaker."""
+    from bus.config.model import (
+        BreakerPolicy,
+        Compensation,
+        ConnectorConfig,
+        Rate,
+        ReplyStep,
+        SplitStep,
+    )
+
+    undo = Compensation("t", "cancel", MappingRef("u", inline={"fields": {"id": "context.r.id"}}))
+    flow = Flow(name="f", source=SRC, steps=(
+        SplitStep("body.items"),
+        ToStep("t", "make", as_="r", compensate=undo, cache=5.0),
+        ReplyStep(201, None),
+    ))
+    t = ConnectorConfig("t", "http", {}, rate=Rate(2.0, 4.0), circuit_breaker=BreakerPolicy())
+    cf = compile_flow(flow, {}, {"t": t})
+    split, to, reply = cf.program
+    assert (split.kind, split.expr.source) == ("split", "body.items")
+    assert (to.undo.label, to.undo.connector, to.undo.action) == (
+        "steps[1] compensate: t.cancel", "t", "cancel")
+    assert to.undo.mapping.apply({"context": {"r": {"id": 7}}}) == {"id": 7}
+    assert (to.cache, to.rate, to.breaker) == (5.0, Rate(2.0, 4.0), BreakerPolicy())
+    assert (reply.kind, reply.status, cf.saga) == ("reply", 201, True)
+    assert compile_flow(route_flow(), {}).saga is False

@@ -109,10 +109,11 @@ CASES = [
      ["flows.yaml:8:12: flows.a.steps: the steps list is empty; add at least one step"]),
     ("no-step-kind", {"flows.yaml": one_flow("      - as: x\n")}, {},
      ["flows.yaml:9:9: flows.a.steps[0]: a step needs one of validate, map, filter, route, "
-      "to, publish"]),
+      "to, publish, reply, split"]),
     ("two-kinds-in-a-step", {"flows.yaml": one_flow("      - {map: x, filter: body.a}\n")}, {},
      ["flows.yaml:9:9: flows.a.steps[0]: a step does one thing: one of validate, map, filter, "
-      "route, to, publish (map may go with to or publish); split it into two steps"]),
+      "route, to, publish, reply, split (map may go with to or publish); split it into two "
+      "steps"]),
     ("two-sources", {"flows.yaml": one_flow("      - to: desk.get_ticket\n",
                                             "    from: {topic: t, http: GET /x}\n")}, {},
      ["flows.yaml:7:11: flows.a.from: 'from' takes one of connector (with event), topic or http"]),
