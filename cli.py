@@ -48,8 +48,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     configure(args.log_level)
     try:
+        cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+        if bool(cert) != bool(key):
+            print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+            return 2
         run(args.file, getattr(args, "host", None), getattr(args, "port", None),
-            role=args.cmd, watch=args.watch)
+            role=args.cmd, watch=args.watch, tls_files=(cert, key) if cert else None)
     except TielineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -309,6 +313,8 @@ def parser() -> argparse.ArgumentParser:
         if role != "worker":
             sp.add_argument("--host")
             sp.add_argument("--port", type=int)
+            sp.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (TLS 1.3 minimum)")
+            sp.add_argument("--tls-key", help="PEM private key of --tls-cert")
         sp.add_argument("--watch", action="store_true", help="reload when flows.yaml or mappings change")
         sp.add_argument("--log-level", default="info")
         sp.set_defaults(fn=cmd_run)

@@ -11,8 +11,8 @@ from bus.config.model import (
     PublishStep,
     RouteStep,
     Step,
-    ToStep,
     TopicSource,
+    ToStep,
 )
 
 

@@ -13,9 +13,9 @@ import jsonschema
 import structlog
 from jmespath.exceptions import JMESPathError
 
+from bus.canary import route_variants
 from bus.envelope import EVENT, SOURCE, TRACEPARENT, Envelope
 from bus.errors import MappingError, PayloadError
-from bus.canary import route_variants
 from bus.flow import CompiledFlow
 from bus.observe import Observer
 from bus.transport.base import Transport

@@ -18,6 +18,7 @@ from bus.ingress import Ingress
 from bus.metrics import Metrics, transport_readings
 from bus.observe import Observers
 from bus.runner import FlowRunner
+from bus.security.setup import build_security
 from bus.stats import Stats
 from bus.transport.base import Transport
 from connectors.base import Connector, ConnectorDeps
@@ -83,7 +84,8 @@ class Runtime:
         self.ingress = Ingress(self.flows, self.connectors, self.transport, self.observers)
         self.runner = FlowRunner(self.flows, self.connectors, self.transport, observer=self.observers)
         self.ready = False
-        self.guard = None  # set when flows.yaml has a security: section
+        self.security = build_security(config.security)
+        self.guard = self.security.guard if self.security else None
         self.disabled: set[str] = {n for n, cf in self.flows.items() if not cf.flow.enabled}
         self.audit = AuditLog(config.settings.data_dir / "audit.jsonl")
         self.reloader = None  # set by serve()/work() when they know the config file
@@ -173,6 +175,7 @@ class Runtime:
     async def serve(
         self, host: str | None = None, port: int | None = None, *, consume: bool = True,
         watch: bool = False, config_path: Path | None = None,
+        tls_files: tuple[str, str] | None = None,
     ) -> None:
         """Start, serve HTTP until SIGINT/SIGTERM, then stop gracefully.
 
@@ -184,6 +187,12 @@ class Runtime:
         from bus.http.app import build_app
 
         http = self.config.settings.http
+        tls: dict = {}
+        cert, key = tls_files or (http.tls_cert, http.tls_key)
+        if cert and key:
+            from bus.security.tls import server_ssl_context, uvicorn_ssl
+
+            tls = uvicorn_ssl(server_ssl_context(cert, key, min_version=http.tls_min_version))
         server = uvicorn.Server(
             uvicorn.Config(
                 build_app(self),
@@ -192,6 +201,7 @@ class Runtime:
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
+                **tls,
             )
         )
         await self.start(consume=consume)
@@ -240,7 +250,7 @@ class Runtime:
 
 def run(
     path: str | Path, host: str | None = None, port: int | None = None, *,
-    role: str = "run", watch: bool = False,
+    role: str = "run", watch: bool = False, tls_files: tuple[str, str] | None = None,
 ) -> None:
     """Load, start and serve (or work) until a signal stops it (uvloop when installed)."""
     runtime = Runtime.from_file(path)
@@ -252,7 +262,8 @@ def run(
     if role == "worker":
         main = runtime.work(watch=watch, config_path=Path(path))
     else:
-        main = runtime.serve(host, port, consume=role == "run", watch=watch, config_path=Path(path))
+        main = runtime.serve(host, port, consume=role == "run", watch=watch, config_path=Path(path),
+                             tls_files=tls_files)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is not built for every platform

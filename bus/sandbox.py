@@ -34,7 +34,14 @@ def _plain(value: Any) -> Any:
 
 
 def _fakes() -> list[Fake]:
-    from connectors.testing.fakes import aftership, kannel, redmine, request_tracker, twilio, zendesk
+    from connectors.testing.fakes import (
+        aftership,
+        kannel,
+        redmine,
+        request_tracker,
+        twilio,
+        zendesk,
+    )
     from connectors.testing.sink import SinkState, make_sink_app
 
     zd = zendesk.ZendeskState()

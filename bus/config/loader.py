@@ -81,7 +81,7 @@ def load_config(path: str | Path, *, connector_types: Mapping[str, type[Connecto
     data, touched, failed = interpolate(data, marks, os.environ if env is None else env, issues)
     coerce(data, SCHEMA, touched)
     broken = []
-    for bad_path, issue in schema_issues(data, SCHEMA, marks):
+    for bad_path, issue in schema_issues(data, SCHEMA, marks, secrets=SECURITY_SECRETS):
         broken.append(bad_path)
         if bad_path not in failed:  # an unset ${VAR} is reported once, not again as a bad value
             issues.append(issue)
@@ -131,7 +131,8 @@ class _Builder:
             if flow is not None:
                 flows[name] = flow
         self.check.flow_links(flows)
-        return m.Config(settings, connectors, flows, dict(self.compiled), self.source)
+        security = self.data.get("security") if self.sound(("security",)) else None
+        return m.Config(settings, connectors, flows, dict(self.compiled), self.source, security)
 
     def section(self, key: str) -> dict[str, Any]:
         raw = self.data.get(key)
@@ -145,9 +146,11 @@ class _Builder:
         http_settings = m.HttpSettings(
             host=http.get("host", "127.0.0.1"), port=http.get("port", 8080),
             max_body_bytes=parse_size(http.get("max_body", 256 * 1024)),
-            public_url=http.get("public_url"))
+            public_url=http.get("public_url"), tls_cert=_resolve(self.base, http.get("tls_cert")),
+            tls_key=_resolve(self.base, http.get("tls_key")),
+            tls_min_version=str(http.get("tls_min_version", "1.3")))
         simple = {k: raw[k] for k in ("transport", "backlog_limit", "sync", "sandbox",
-                                      "amqp_url", "redis_url") if k in raw}
+                                      "amqp_url", "redis_url", "broker_prefix") if k in raw}
         return m.Settings(
             **simple, http=http_settings,
             data_dir=Path(os.path.abspath(self.base / raw.get("data_dir", "data"))),
@@ -397,3 +400,12 @@ class _Builder:
             self.issues.append(ConfigIssue(str(file), exc.lineno, exc.colno, "",
                                            f"invalid JSON: {exc.msg}"))
         return {}, MarkIndex(str(file))
+
+
+# Values under these keys (security: client secrets, the signing key) never appear in errors.
+SECURITY_SECRETS = frozenset({"secret", "key", "secret_hash"})
+
+
+def _resolve(base: Path, value: str | None) -> str | None:
+    """A file setting relative to the flows.yaml directory."""
+    return None if not value else str((base / value).resolve())

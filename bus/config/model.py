@@ -32,6 +32,9 @@ class HttpSettings:
     port: int = 8080
     max_body_bytes: int = 256 * 1024
     public_url: str | None = None  # e.g. https://bus.example.com — for URL-signing vendors
+    tls_cert: str | None = None  # PEM files: serve HTTPS
+    tls_key: str | None = None
+    tls_min_version: str = "1.3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,7 @@ class Settings:
     sandbox: bool = False
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_prefix: str = "tieline"  # RabbitMQ names and Redis keys start with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,3 +251,4 @@ class Config:
     flows: Mapping[str, Flow]
     mappings: Mapping[str, Any]  # name → compiled bus.mapping.Mapping
     source: Path  # the flows.yaml it came from
+    security: Mapping[str, Any] | None = None  # interpolated security: section (bus/security)

@@ -40,6 +40,8 @@ def build_app(runtime: Runtime) -> Starlette:
         *sync_routes.routes(runtime),  # after /api/v1: operator routes keep priority
         *observability.routes(runtime),
     ]
+    if runtime.security is not None:
+        routes += runtime.security.routes()
     if runtime.config.settings.sandbox:
         from bus.sandbox import routes as sandbox_routes
 

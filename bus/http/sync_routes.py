@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bus.http import scopes
 from bus.http.body import BodyTooLarge, read_limited
 from bus.http.responses import JSON, error
 from bus.sync import SyncFailure, SyncFlows
@@ -51,12 +52,25 @@ def routes(runtime: Runtime) -> list[Route]:
                 return JSON(exc.body(), status_code=exc.status, headers=exc.headers() or None)
             if answer.status == 204:
                 return Response(status_code=204, headers=answer.headers or None)
-            return JSON(answer.body, status_code=answer.status, headers=answer.headers or None)
+            return JSON(_visible(request, cf.name, answer.body), status_code=answer.status,
+                        headers=answer.headers or None)
 
-        return serve
+        # A sync flow needs the per-flow scope flow:<name> when security is configured.
+        return scopes.scoped(runtime, scopes.flow_scope(cf.name))(serve)
 
     out = []
     for cf in sync.served():
         src = cf.flow.source
         out.append(Route(src.path, endpoint(cf), methods=[src.method], name=f"sync:{cf.name}"))
     return out
+
+
+def _visible(request: Request, flow: str, body: object) -> object:
+    """Apply the caller's field allow-list for this flow, on the server, before it leaves."""
+    principal = getattr(request.state, "principal", None)
+    allowed = principal.allowed_fields(flow) if principal is not None else None
+    if allowed is None:
+        return body
+    from bus.security.fields import project
+
+    return project(body, allowed)
