@@ -1,6 +1,6 @@
 """Throughput of one 8-field mapping: prints applications per second on one core.
 
-Run: .venv/bin/python bench/bench_mapping.py [N]
+Run: .venv/bin/python bench/bench_mapping.py [N]   (3 runs; appends to bench/RESULTS.md)
 """
 
 from __future__ import annotations
@@ -53,4 +53,11 @@ def main(n: int = 200_000) -> float:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000)
+    import common  # bench/common.py: RESULTS.md writer
+
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+    rates = [main(n) for _ in range(3)]
+    common.append_results(
+        "Mapping engine alone: one 8-field mapping", [common.invocation()],
+        f"{n} applications × 3 runs, one core: median {common.median(rates):,.0f} ops/s "
+        f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}).")

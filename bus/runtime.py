@@ -46,6 +46,7 @@ def build_transport(config: Config) -> Transport:
         return RabbitTransport(
             s.amqp_url,
             s.redis_url,
+            prefix=s.broker_prefix,
             flows=list(config.flows),
             backlog_limit=s.backlog_limit,
             dedupe_window=s.dedupe_window,
