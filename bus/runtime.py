@@ -90,6 +90,7 @@ class Runtime:
         self.disabled: set[str] = {n for n, cf in self.flows.items() if not cf.flow.enabled}
         self.audit = AuditLog(config.settings.data_dir / "audit.jsonl")
         self.reloader = None  # set by serve()/work() when they know the config file
+        self.env: Mapping[str, str] | None = None
 
     @classmethod
     def from_file(
@@ -97,7 +98,9 @@ class Runtime:
     ) -> Runtime:
         registry = ConnectorRegistry.from_entry_points()
         config = load_config(path, connector_types=registry.types, env=env)
-        return cls(config, registry, **kw)  # type: ignore[arg-type]
+        runtime = cls(config, registry, **kw)  # type: ignore[arg-type]
+        runtime.env = env  # a reload reads the same environment
+        return runtime
 
     async def start(self, *, consume: bool = True) -> None:
         for c in self.connectors.values():
@@ -148,9 +151,18 @@ class Runtime:
         (self.disabled.discard if enabled else self.disabled.add)(flow)
         self.ingress.disabled = self.disabled
 
+    def reloader_for_api(self):  # noqa: ANN201 - bus.reload.Reloader
+        """The reloader of this runtime (made on first use from the config it was loaded from)."""
+        if self.reloader is None:
+            from bus.reload import Reloader
+
+            self.reloader = Reloader(self, self.config.source, self.env)
+        return self.reloader
+
     def connector_state(self, name: str) -> dict:
-        """Extra readings for a connector (circuit breaker, throttle) when the engine keeps them."""
-        return {}
+        """Circuit-breaker state of a connector, when it declares one (API and dashboard)."""
+        breaker = self.runner.calls.breakers.by_connector.get(name)
+        return {"circuit": breaker.state} if breaker is not None else {}
 
     # ----- dead letters ----------------------------------------------------------------
     async def replay(self, message_id: str) -> bool:
@@ -238,7 +250,7 @@ class Runtime:
             return []
         from bus.reload import Reloader
 
-        self.reloader = Reloader(self, config_path)
+        self.reloader = Reloader(self, config_path, self.env)
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task] = []
         loop.add_signal_handler(

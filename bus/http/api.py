@@ -172,7 +172,19 @@ def routes(runtime: Runtime) -> list[Route]:
         history = await transport.history(mid)
         return JSON({"message": record_dict(rec), "history": [e.to_dict() for e in history]})
 
+    async def reload(request: Request) -> JSON:
+        """Validate flows.yaml and mappings again; swap them in if valid."""
+        reloader = runtime.reloader_for_api()
+        result = await reloader.reload()
+        await runtime.audit.record(scopes.actor(request), "reload", ok=result.ok,
+                                   errors=len(result.errors))
+        if not result.ok:
+            return error(422, "invalid_configuration", "the new configuration is invalid; the running one stays",
+                         {"errors": result.errors})
+        return JSON(result.to_dict())
+
     return [
+        route("/api/v1/reload", reload, scopes.FLOWS_WRITE, "POST"),
         route("/api/v1/flows", flows, scopes.FLOWS_READ),
         route("/api/v1/flows/{name}", flow, scopes.FLOWS_READ),
         route("/api/v1/flows/{name}/enable", toggle(True), scopes.FLOWS_WRITE, "POST"),

@@ -24,10 +24,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(config: Path, port: int) -> subprocess.Popen:
+def start_server(config: Path, port: int, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), "run", str(config), "--port", str(port),
-         "--log-level", "warning"],
+         "--log-level", "warning", *extra],
         cwd=config.parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
