@@ -68,6 +68,7 @@ class Instr:
     topic: str = ""  # publish
     delay: float | None = None  # publish
     delay_expr: Expression | None = None  # publish: per-message delay
+    once_per: Expression | None = None  # publish: dedupe key per message
     undo: Undo | None = None  # to: saga compensation
     cache: float | None = None  # to: sync flows reuse results this long
     rate: Rate | None = None  # to: the connector's throttle
@@ -158,6 +159,7 @@ class _Compiler:
                     topic=step.topic,
                     delay=step.delay,
                     delay_expr=compile_expression(step.delay_expr) if step.delay_expr else None,
+                    once_per=compile_expression(step.once_per) if step.once_per else None,
                 )
             )
         elif isinstance(step, ReplyStep):

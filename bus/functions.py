@@ -186,6 +186,13 @@ class TielineFunctions(functions.Functions):
     def _func_default(self, value: Any, fallback: Any) -> Any:
         return fallback if value is None else value
 
+    @functions.signature({"types": ["object", "null"]}, {"types": ["string", "number", "null"]})
+    def _func_get(self, table: dict | None, key: Any) -> Any:
+        """``table[key]``: look a value up by a key computed from the message (rules tables)."""
+        if table is None or key is None:
+            return None
+        return table.get(key if isinstance(key, str) else to_text(key))
+
     @functions.signature({"types": []})
     def _func_hash_percent(self, value: Any) -> int:
         digest = hashlib.sha256(to_text(value).encode()).digest()

@@ -240,7 +240,18 @@ class FlowRunner:
         body = instr.mapping.apply(env.view()) if instr.mapping else env.body
         children = self.topics.children(env, instr.topic, body)
         delay = publish_delay(instr, env)
-        if children and cf.to_ahead[env.cursor + 1]:
+        if children and instr.once_per is not None:
+            # Only the first message per key publishes; the transport's dedupe makes it atomic.
+            key = instr.once_per.search(env.view())
+            result = await self.transport.publish(
+                children, dedupe_key=f"once:{cf.name}:{instr.topic}:{key}", delay=delay
+            )
+            if result.duplicate_of is not None:
+                entries.append(self._entry(env, cf, "step", instr, "skipped",
+                                           detail={"once_per": str(key), "first": result.duplicate_of}))
+                return env.evolve(cursor=env.cursor + 1)
+            self._received_children(children)
+        elif children and cf.to_ahead[env.cursor + 1]:
             # A later to: may fail and retry from there; publish now, deduplicated so a redo
             # after a crash does not emit twice.
             result = await self.transport.publish(

@@ -46,7 +46,7 @@ def _fakes() -> list[Fake]:
 
     zd = zendesk.ZendeskState()
     rm = redmine.RedmineState()
-    rt = request_tracker.RTState()
+    rt = request_tracker.RTState(queues=("General", "Housing", "Transport", "Health"))
     kn = kannel.KannelState()
     ash = aftership.AfterShipState()
     tw_app = twilio.make_twilio_app()

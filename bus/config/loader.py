@@ -315,7 +315,10 @@ class _Builder:
             delay_expr = raw.get("delay_expr")
             if delay_expr is not None:
                 self.expression((*path, "delay_expr"), delay_expr)
-            step = m.PublishStep(raw["publish"], mapping, delay, loc, delay_expr)
+            once_per = raw.get("once_per")
+            if once_per is not None:
+                self.expression((*path, "once_per"), once_per)
+            step = m.PublishStep(raw["publish"], mapping, delay, loc, delay_expr, once_per)
             self.paths[id(step)] = (*path, "publish")
             return step
         if "reply" in raw:

@@ -196,6 +196,7 @@ class PublishStep:
     delay: float | None = None  # seconds
     loc: Location = NOWHERE
     delay_expr: str | None = None  # JMESPath giving the delay (seconds or a duration string)
+    once_per: str | None = None  # JMESPath key: publish only the first message per key (dedupe window)
 
 
 @dataclass(frozen=True, slots=True)

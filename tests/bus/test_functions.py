@@ -188,3 +188,24 @@ def test_compiled_call_reports_jmespath_type_error(funcs: TielineFunctions) -> N
     compiled = compile_ast(jmespath.compile("join('-', body.items)").parsed, funcs)
     with pytest.raises(jexc.JMESPathTypeError, match="join"):
         compiled(DATA)
+
+
+import pytest as _pytest  # noqa: E402
+
+from bus.mapping import compile_expression as _compile  # noqa: E402
+
+
+@_pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("get(body.rules, body.category)", {"queue": "Housing"}),
+        ("get(body.rules, 'nope')", None),
+        ("get(body.rules, `7`)", "seven"),
+        ("get(null, 'x')", None),
+    ],
+    ids=["found", "missing", "number-key", "null-table"],
+)
+def test_get_looks_up_a_computed_key(expr, expected):
+    """get(table, key) reads a rules table with a key taken from the message."""
+    view = {"body": {"rules": {"housing": {"queue": "Housing"}, "7": "seven"}, "category": "housing"}}
+    assert _compile(expr).search(view) == expected
