@@ -54,6 +54,32 @@ def build_transport(config: Config) -> Transport:
     raise TielineError(f"transport {s.transport!r} is not available in this build")
 
 
+def outbound_client(config: Config) -> httpx.AsyncClient:
+    """The HTTP client connectors share: it refuses private, loopback, link-local and reserved
+    addresses at connect time unless allow-listed (``settings.outbound.allow``). With the sandbox
+    on, exactly the bus's own host is allow-listed, so the shipped flows can call their fakes.
+    """
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    from bus.security.netguard import guarded_client
+
+    s = config.settings
+    allowed = list(s.outbound_allow)
+    if s.sandbox:
+        allowed.append(urlsplit(s.http.public_url or f"http://{s.http.host}").hostname or s.http.host)
+    hosts, cidrs = [], []
+    for item in allowed:
+        try:
+            cidrs.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            hosts.append(item)
+    return guarded_client(
+        allow_hosts=hosts, allow_cidrs=cidrs, follow_redirects=s.follow_redirects,
+        timeout=httpx.Timeout(10.0), limits=httpx.Limits(max_connections=200),
+    )
+
+
 class Runtime:
     """One bus: ``start()`` opens connectors and transport and (optionally) starts consuming."""
 
@@ -72,9 +98,7 @@ class Runtime:
         self.flows: Mapping[str, CompiledFlow] = compile_all(config)
         self.transport = transport or build_transport(config)
         self._own_http = http is None
-        self.http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0), limits=httpx.Limits(max_connections=200)
-        )
+        self.http = http or outbound_client(config)
         self.connectors: dict[str, Connector] = dict(connectors) if connectors is not None else {
             name: self.build_connector(name, cc) for name, cc in config.connectors.items()
         }

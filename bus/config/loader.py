@@ -155,7 +155,9 @@ class _Builder:
             **simple, http=http_settings,
             data_dir=Path(os.path.abspath(self.base / raw.get("data_dir", "data"))),
             dedupe_window=parse_duration(raw.get("dedupe_window", 7 * 86400)),
-            retention=parse_duration(raw.get("retention", 7 * 86400)))
+            retention=parse_duration(raw.get("retention", 7 * 86400)),
+            outbound_allow=tuple((raw.get("outbound") or {}).get("allow") or ()),
+            follow_redirects=bool((raw.get("outbound") or {}).get("follow_redirects", False)))
 
     def mappings(self) -> None:
         given = self.data.get("mappings_dir") if self.sound(("mappings_dir",)) else None

@@ -50,6 +50,8 @@ class Settings:
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_prefix: str = "tieline"  # RabbitMQ names and Redis keys start with it
+    outbound_allow: tuple[str, ...] = ()  # private hosts/CIDRs connectors may call (SSRF guard)
+    follow_redirects: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,7 @@ class CallLog:
     """What the mocks saw during one test (shared by every mock of that test)."""
 
     calls: list[Call] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (target, what went wrong)
 
 
 class Script:
@@ -115,15 +115,15 @@ class MockConnector(Connector):
             self.check_input(spec, payload)
         except PermanentError as exc:
             record("invalid")
-            self.log.problems.append(f"{ctx.flow} {ctx.step}: the payload breaks the input schema "
+            self.log.problems.append((target, f"{ctx.flow} {ctx.step}: the payload breaks the input schema "
                                      f"of {self.real.type_name}.{action_name}: {exc} (payload "
-                                     f"{_short(payload)})")
+                                     f"{_short(payload)})"))
             raise
         answer = self.script.next(target)
         if answer is None:
             record("unexpected")
-            self.log.problems.append(f"{ctx.flow} {ctx.step}: unexpected call to {target} with "
-                                     f"payload {_short(payload)}; script it under given:")
+            self.log.problems.append((target, f"{ctx.flow} {ctx.step}: unexpected call to {target} "
+                                      f"with payload {_short(payload)}; script it under given:"))
             raise PermanentError(f"flow test: no answer scripted for {target}")
         try:
             result = play(answer, target)

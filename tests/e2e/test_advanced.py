@@ -11,7 +11,7 @@ from bus.transport.base import MessageState
 def bus_yaml(sink_url: str, flows: str, connector_extra: str = "") -> str:
     return f"""
 version: 1
-settings: {{data_dir: ./data}}
+settings: {{data_dir: ./data, outbound: {{allow: [127.0.0.1]}}}}
 connectors:
   sink:
     type: http

@@ -31,7 +31,7 @@ async def test_flow_show_names_version_location_and_steps(bus):
     """GET /api/v1/flows/{name} shows the version, the YAML location and the compiled steps."""
     r = (await bus.client.get("/api/v1/flows/relay")).json()
     assert r["version"] == bus.runtime.flows["relay"].version
-    assert r["location"].endswith("flows.yaml:13:3")
+    assert r["location"].endswith("flows.yaml:14:3")
     assert r["steps"] == ["steps[0] map: order_to_sink", "steps[1] to: sink.request"]
     assert (await bus.client.get("/api/v1/flows/nope")).status_code == 404
 

@@ -17,6 +17,7 @@ def flows(sink_url: str, *, extra_steps: str = "", retry: str = "") -> str:
 version: 1
 settings:
   data_dir: ./data
+  outbound: {{allow: [127.0.0.1]}}  # the test sink is on loopback
 connectors:
   vendor:
     type: webhook
@@ -182,3 +183,16 @@ async def test_traceparent_travels_from_ingress_to_outbound_call(make_bus, sink)
         (mid,) = r.json()["accepted"]
         assert await bus.wait_state(mid) == MessageState.DELIVERED
     assert state.delivered[0].headers["traceparent"] == tp
+
+
+async def test_private_target_not_allow_listed_is_refused_at_connect(make_bus, sink):
+    """Without outbound.allow, a call to a loopback sink is refused before connecting (SSRF
+    guard) and dead-lettered at once with the reason; the sink never sees a request."""
+    state, url = sink
+    text = flows(url).replace("  outbound: {allow: [127.0.0.1]}  # the test sink is on loopback\n", "")
+    async with make_bus(text, {"order_to_sink": MAPPING}) as bus:
+        (mid,) = (await post_order(bus)).json()["accepted"]
+        assert await bus.wait_state(mid) == MessageState.DEAD
+        dl = await bus.runtime.transport.dead_letter(mid)
+    assert state.requests == []
+    assert "127.0.0.1" in dl.error and "PermanentError" in dl.error_chain[0]

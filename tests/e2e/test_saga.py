@@ -18,7 +18,7 @@ def saga_flows(sink_url: str) -> str:
             "json.n: context.{name}.n, json.order: body.order}}}}\n")
     return f"""
 version: 1
-settings: {{data_dir: ./data}}
+settings: {{data_dir: ./data, outbound: {{allow: [127.0.0.1]}}}}
 connectors:
   sink: {{type: http, settings: {{base_url: "{sink_url}", timeout: 2}}}}
 flows:

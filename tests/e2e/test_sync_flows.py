@@ -20,6 +20,7 @@ def flows(sink_url: str, *, lookup_extra: str = "", settings: str = "") -> str:
 version: 1
 settings:
   data_dir: ./data
+  outbound: {{allow: [127.0.0.1]}}
 connectors:
   desk:
     type: http

@@ -131,17 +131,23 @@ async def test_sink_outage_then_flaky_sink(tmp_path: Path, procs: Procs, port: i
         url = f"http://127.0.0.1:{port}"
         proc = procs.start("run", config, port)
         await wait_healthy(url, proc)
-        up = asyncio.get_running_loop().call_later(SINK_DOWN, setattr, state, "down", False)
+        refused: list[int] = []  # calls the sink answered 503 while down
+
+        def back() -> None:
+            refused.append(len(state.requests))
+            state.down = False
+
+        up = asyncio.get_running_loop().call_later(SINK_DOWN, back)
         try:
             load = Load(url, ids("outage", OUTAGE_MESSAGES))
             await asyncio.wait_for(load.run(), 120)
-            refused_while_down = len(state.requests)
             await until(lambda: not state.down, SINK_DOWN + 5, "the sink to come back")
         finally:
             up.cancel()
+        refused_while_down = refused[0]
         tally = await account("embedded-sink-outage", url, state, load, settle=45, started=started,
                               notes=[f"sink down {SINK_DOWN:g} s; {refused_while_down} calls refused "
-                                     f"with 503 by then; afterwards scripted {flaky.served}"])
+                                     f"with 503 meanwhile; afterwards scripted {flaky.served}"])
     tally.report()
     assert tally.lost == 0, tally.text()
     assert tally.duplicates == 0, tally.text()
