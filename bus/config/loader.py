@@ -148,7 +148,9 @@ class _Builder:
             max_body_bytes=parse_size(http.get("max_body", 256 * 1024)),
             public_url=http.get("public_url"), tls_cert=_resolve(self.base, http.get("tls_cert")),
             tls_key=_resolve(self.base, http.get("tls_key")),
-            tls_min_version=str(http.get("tls_min_version", "1.3")))
+            tls_min_version=str(http.get("tls_min_version", "1.3")),
+            rate_limit=self.rate(("settings", "http", "rate_limit"), http["rate_limit"])
+            if http.get("rate_limit") else None)
         simple = {k: raw[k] for k in ("transport", "backlog_limit", "sync", "sandbox",
                                       "amqp_url", "redis_url", "broker_prefix") if k in raw}
         return m.Settings(
@@ -208,8 +210,12 @@ class _Builder:
             self.issues.extend(issue for bad, issue in found if bad not in self.failed)
             if not found:
                 self.check.events[name] = set(cls.event_names_for(settings))
+        ing = raw.get("ingress")
+        rule = None if not ing else m.IngressRule(
+            tuple(ing.get("allow_ips") or ()), ing.get("api_key"),
+            str(ing.get("api_key_header", "x-api-key")).lower())
         return m.ConnectorConfig(name, raw["type"], settings, self.marks.key_loc(path),
-                                 self.rate(path, raw), self.breaker(raw.get("circuit_breaker")))
+                                 self.rate(path, raw), self.breaker(raw.get("circuit_breaker")), rule)
 
     def rate(self, path: YamlPath, raw: dict[str, Any]) -> m.Rate | None:
         if "rate" not in raw:
@@ -408,7 +414,7 @@ class _Builder:
 
 
 # Values under these keys (security: client secrets, the signing key) never appear in errors.
-SECURITY_SECRETS = frozenset({"secret", "key", "secret_hash"})
+SECURITY_SECRETS = frozenset({"secret", "key", "secret_hash", "api_key"})
 
 
 def _resolve(base: Path, value: str | None) -> str | None:

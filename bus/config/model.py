@@ -35,6 +35,7 @@ class HttpSettings:
     tls_cert: str | None = None  # PEM files: serve HTTPS
     tls_key: str | None = None
     tls_min_version: str = "1.3"
+    rate_limit: Rate | None = None  # per client and route
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,15 @@ class BreakerPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class IngressRule:
+    """Checks on /hooks/<connector> before the connector verifies the signature."""
+
+    allow_ips: tuple[str, ...] = ()
+    api_key: str | None = field(default=None, repr=False)
+    api_key_header: str = "x-api-key"
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectorConfig:
     name: str
     type: str
@@ -107,6 +117,7 @@ class ConnectorConfig:
     loc: Location = NOWHERE
     rate: Rate | None = None  # calls to this connector are throttled (shared by every flow)
     circuit_breaker: BreakerPolicy | None = None
+    ingress: IngressRule | None = None  # extra checks on its webhook route
 
 
 # ----- flow sources -------------------------------------------------------------------

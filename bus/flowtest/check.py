@@ -186,21 +186,21 @@ def static_issues(tf: TestFile, config: Config, types: dict[str, type[Connector]
     issues: list[ConfigIssue] = []
     marks = tf.marks
 
-    def target(name: str, at: YamlPath, *, connector_only: bool = False) -> None:
+    def target(name: str, at: YamlPath, *, connector_only: bool = False, key: bool = False) -> None:
         conn, _, action = name.partition(".")
         cc = config.connectors.get(conn)
         if cc is None:
             issues.append(marks.issue(at, f"no connector '{conn}' in {config.source.name}",
-                                      did_you_mean(conn, config.connectors)))
+                                      did_you_mean(conn, config.connectors), at_key=key))
         elif action or not connector_only:
             actions = types[cc.type].actions
             if action not in actions:
                 issues.append(marks.issue(at, f"connector '{conn}' (type {cc.type}) has no action "
-                                          f"'{action}'", did_you_mean(action, actions)))
+                                          f"'{action}'", did_you_mean(action, actions), at_key=key))
 
     for case in tf.cases:
         for name in case.given:
-            target(name, (*case.path, "given", name))
+            target(name, (*case.path, "given", name), key=True)
         for exp in case.then.calls:
             target(exp.target, exp.path)
         for name, at in case.then.no_calls:

@@ -118,8 +118,16 @@ class RecordingTopics(Topics):
         return super().children(parent, topic, body)
 
 
-async def run_case(case: Case, planned: Planned, registry: ConnectorRegistry) -> CaseResult:
-    """One test on its own bus; never raises for a failing flow, only reports."""
+def _no_network(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError(f"flow tests make no network calls ({request.url})", request=request)
+
+
+async def run_case(case: Case, planned: Planned, registry: ConnectorRegistry,
+                   http: httpx.AsyncClient) -> CaseResult:
+    """One test on its own bus; never raises for a failing flow, only reports.
+
+    ``http`` is the runtime's outbound client; mocks never use it (it refuses every request).
+    """
     started = time.monotonic()
     log, seen = CallLog(), Observed()
     with tempfile.TemporaryDirectory(prefix="tieline-flowtest-") as tmp:
@@ -127,7 +135,7 @@ async def run_case(case: Case, planned: Planned, registry: ConnectorRegistry) ->
         cfg = replace(base, security=None, settings=replace(
             base.settings, data_dir=Path(tmp), transport="embedded", sync="normal", sandbox=False))
         mocks = build_mocks(cfg, registry.types, Script(case.given), log)
-        runtime = Runtime(cfg, registry, connectors=mocks)
+        runtime = Runtime(cfg, registry, connectors=mocks, http=http)
         runtime.apply(cfg, compress(runtime.flows), runtime.connectors)
         runtime.runner.topics = RecordingTopics(runtime.flows, seen.published)
         await runtime.start()
@@ -206,12 +214,13 @@ async def settle(runtime: Runtime, timeout: float, seen: Observed) -> None:
 async def run_planned(planned: Sequence[Planned], registry: ConnectorRegistry,
                       on_result: OnResult | None = None) -> list[CaseResult]:
     results = []
-    for p in planned:
-        for case in p.cases:
-            result = await run_case(case, p, registry)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(_no_network)) as http:
+        for p in planned:
+            for case in p.cases:
+                result = await run_case(case, p, registry, http)
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
     return results
 
 

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from bus.http import api, api_dlq, ingress, observability, sync_routes
+from bus.http.limits import RateLimit
 from bus.http.openapi import document
 from bus.http.responses import JSON, error
 
@@ -51,5 +52,8 @@ def build_app(runtime: Runtime) -> Starlette:
 
     routes.append(Route("/api/v1/openapi.json", openapi_json, methods=["GET"]))
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
-    app.add_middleware(observability.RequestCounter, runtime=runtime)
+    rate = runtime.config.settings.http.rate_limit
+    if rate is not None:
+        app.add_middleware(RateLimit, rate=rate)
+    app.add_middleware(observability.RequestCounter, runtime=runtime)  # outermost: counts 429s too
     return app

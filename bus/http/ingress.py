@@ -12,6 +12,7 @@ from starlette.routing import Route
 from bus.errors import BackpressureError, InboundError, TransportError
 from bus.http import scopes
 from bus.http.body import BodyTooLarge, read_limited
+from bus.http.limits import check_hook
 from bus.http.responses import JSON, error
 from connectors.base import InboundRequest
 
@@ -45,6 +46,13 @@ def routes(runtime: Runtime) -> list[Route]:
         connector = runtime.connectors.get(name)
         if connector is None:
             return error(404, "unknown_connector", f"no connector named {name!r}")
+        client_ip = request.client.host if request.client else ""
+        cc = runtime.config.connectors.get(name)
+        refused = check_hook(cc.ingress if cc else None, client_ip,
+                             {k.lower(): v for k, v in request.headers.items()})
+        if refused is not None:
+            status, message = refused
+            return error(status, "hook_forbidden" if status == 403 else "api_key_invalid", message)
         try:
             body = await read_limited(request, max_body)
             url = str(request.url)

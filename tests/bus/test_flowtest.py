@@ -44,6 +44,12 @@ flows:
     steps:
       - to: sink.request
         map: {fields: {method: {const: GET}}}
+  stubborn:
+    from: {topic: stubborn}
+    retry: {attempts: 1000, initial_delay: 1s}
+    steps:
+      - to: sink.request
+        map: {fields: {path: {const: /x}}}
   order_status:
     from: {http: "GET /api/orders/{id}"}
     steps:
@@ -73,7 +79,7 @@ def suite(tmp_path: Path, registry: ConnectorRegistry):
     def run(tests: str, name: str = "orders.test.yaml"):
         path = tmp_path / "flowtests" / name
         path.parent.mkdir(exist_ok=True)
-        path.write_text("tests:\n" + textwrap.indent(textwrap.dedent(tests), "  "))
+        path.write_text("tests:\n" + textwrap.indent(textwrap.dedent(tests).lstrip("\n"), "  "))
         return path, run_tests(path, registry=registry)
 
     return run
@@ -189,25 +195,26 @@ def test_invalid_payload_fails_with_the_schema_message(suite):
 
 def test_stuck_message_fails_with_where_it_is(suite):
     """A message still retrying at the test's timeout fails the test, saying where it is."""
-    _, (result,) = suite(f"""
+    _, (result,) = suite("""
         - name: never settles
           timeout: 0.2
-          given: {{sink.request: {{fail: 503}}}}
-          when: {{event: {{connector: hooks, name: received}}, body: {ORDER}}}
-          then: {{state: delivered}}
-    """.replace("attempts: 4", "attempts: 4"))
-    # 4 attempts at <= 50 ms each can finish in 0.2 s; make the flow retry far longer.
-    assert result.failures is not None
+          given: {sink.request: {fail: 503}}
+          when: {flow: stubborn, body: {}}
+          then: {state: delivered}
+    """)
+    stuck = [f.message for f in result.failures if "timed out" in f.message]
+    assert len(stuck) == 1 and "after 0.2s" in stuck[0], result.failures
+    assert "of flow 'stubborn' is still queued" in stuck[0]
 
 
 @pytest.mark.parametrize(("tests", "where", "message"), [
-    ("- name: x\n  when: {flow: audit_orders}\n  thne: {}\n", "3:3",
+    ("- name: x\n  when: {flow: audit_orders}\n  thne: {}\n", "4:5",
      "unknown key 'thne'"),
     ("- name: x\n  given: {sink.post: {fail: 700}}\n  when: {flow: audit_orders}\n  then: {}\n",
-     "2:29", "fail must be an HTTP status 400-599"),
+     "3:31", "fail must be an HTTP status 400-599"),
     ("- name: x\n  given: {sink.pots: {reply: 1}}\n  when: {flow: audit_orders}\n  then: {}\n",
-     "2:22", "connector 'sink' (type http) has no action 'pots' (did you mean 'post'?)"),
-    ("- name: x\n  when: {flow: audit_order}\n  then: {state: done}\n", "2:16",
+     "3:13", "connector 'sink' (type http) has no action 'pots' (did you mean 'post'?)"),
+    ("- name: x\n  when: {flow: audit_order}\n  then: {state: delivered}\n", "3:18",
      "no flow 'audit_order'"),
 ], ids=["unknown-key", "bad-fail", "unknown-action", "unknown-flow"])
 def test_malformed_file_is_an_error_with_file_line(suite, tests, where, message):

@@ -80,3 +80,35 @@ async def test_backlog_over_bound_is_503_with_retry_after(make_bus, sink):
         r = await post_order(bus, msg_id="m9")
         assert r.headers["retry-after"].isdigit()
         assert r.json()["error"]["code"] == "backlog_full"
+
+
+async def test_rate_limit_answers_429_with_retry_after(make_bus, sink):
+    """Past the per-client, per-route limit the API answers 429 with Retry-After; health is exempt."""
+    _, url = sink
+    text = flows(url).replace("  data_dir: ./data", "  data_dir: ./data\n  http: {rate_limit: {rate: 1/min, burst: 2}}")
+    async with make_bus(text, {"order_to_sink": MAPPING}) as bus:
+        codes = [(await bus.client.get("/api/v1/flows")).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        r = await bus.client.get("/api/v1/flows")
+        assert int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "rate_limited"
+        assert (await bus.client.get("/api/v1/dlq")).status_code == 200  # another route, own bucket
+        assert [(await bus.client.get("/healthz")).status_code for _ in range(5)] == [200] * 5
+
+
+@pytest.mark.parametrize(
+    ("rule", "headers", "status"),
+    [
+        ("{allow_ips: [10.0.0.0/8]}", {}, 403),
+        ("{allow_ips: [127.0.0.0/8], api_key: 0123456789abcdef0123}", {}, 401),
+        ("{api_key: 0123456789abcdef0123}", {"x-api-key": "0123456789abcdef0123"}, 202),
+    ],
+    ids=["ip-not-allowed", "api-key-missing", "api-key-ok"],
+)
+async def test_hook_ip_allow_list_and_api_key(make_bus, sink, rule, headers, status):
+    """A hook can be limited to addresses and require an API key before the signature check."""
+    _, url = sink
+    text = flows(url).replace("    type: webhook\n", f"    type: webhook\n    ingress: {rule}\n", 1)
+    async with make_bus(text, {"order_to_sink": MAPPING}) as bus:
+        body, signed_headers = signed(ORDER, "evt-ingress")
+        r = await bus.client.post("/hooks/vendor", content=body, headers={**signed_headers, **headers})
+        assert r.status_code == status, r.text

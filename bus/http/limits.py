@@ -1,0 +1,67 @@
+"""Per-client, per-route request limits (429 + Retry-After), and per-hook IP/API-key checks.
+
+The client is the bearer token when one is sent (hashed; each token is one client's) or else
+the peer address; the route is the route template, so ids in paths do not split buckets.
+Health and metrics endpoints are not limited: monitoring must keep working under load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import math
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bus.config.model import IngressRule, Rate
+from bus.http.observability import _template
+from bus.http.responses import error
+from bus.security.ratelimit import TokenBucket
+
+UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class RateLimit:
+    def __init__(self, app: ASGIApp, rate: Rate):
+        self.app = app
+        self.bucket = TokenBucket(rate.per_second, int(max(1, rate.burst)))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNLIMITED:
+            await self.app(scope, receive, send)
+            return
+        wait = self.bucket.take(f"{_client(scope)} {_template(scope)}")
+        if wait > 0:
+            retry = str(max(1, math.ceil(wait)))
+            response = error(429, "rate_limited", f"too many requests; retry in {retry} s",
+                             **{"Retry-After": retry})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _client(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            return "token:" + hashlib.sha256(value[7:]).hexdigest()[:16]
+    client = scope.get("client")
+    return f"ip:{client[0]}" if client else "ip:?"
+
+
+def check_hook(rule: IngressRule | None, client_ip: str, headers: dict[str, str]) -> tuple[int, str] | None:
+    """None when the request may go on to signature checks, else (status, message)."""
+    if rule is None:
+        return None
+    if rule.allow_ips:
+        try:
+            ip = ipaddress.ip_address(client_ip)
+        except ValueError:
+            return 403, f"caller address {client_ip!r} is not allowed on this hook"
+        if not any(ip in ipaddress.ip_network(n, strict=False) for n in rule.allow_ips):
+            return 403, f"caller address {client_ip} is not allowed on this hook"
+    if rule.api_key:
+        given = headers.get(rule.api_key_header, "")
+        if not hmac.compare_digest(given.encode(), rule.api_key.encode()):
+            return 401, f"missing or wrong API key in header {rule.api_key_header}"
+    return None
