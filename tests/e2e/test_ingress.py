@@ -112,3 +112,37 @@ async def test_hook_ip_allow_list_and_api_key(make_bus, sink, rule, headers, sta
         body, signed_headers = signed(ORDER, "evt-ingress")
         r = await bus.client.post("/hooks/vendor", content=body, headers={**signed_headers, **headers})
         assert r.status_code == status, r.text
+
+
+XML_FLOWS = """
+version: 1
+settings: {data_dir: ./data, outbound: {allow: [127.0.0.1]}}
+connectors:
+  legacy: {type: webhook, settings: {format: xml}}
+  sink: {type: http, settings: {base_url: "SINK"}}
+flows:
+  legacy_calls:
+    from: {connector: legacy, event: received}
+    steps:
+      - to: sink.post
+        map:
+          fields:
+            caller: body.call.caller
+            queue: body.call.queue
+"""
+
+
+async def test_xml_body_is_parsed_safely(make_bus, sink):
+    """An XML webhook becomes a message; an entity-expansion bomb is refused with 400."""
+    state, url = sink
+    async with make_bus(XML_FLOWS.replace("SINK", url)) as bus:
+        xml = b'<?xml version="1.0"?><call><caller>+14155550100</caller><queue>billing</queue></call>'
+        r = await bus.client.post("/hooks/legacy", content=xml, headers={"content-type": "application/xml"})
+        assert r.status_code == 202, r.text
+        (mid,) = r.json()["accepted"]
+        assert await bus.wait_state(mid) == MessageState.DELIVERED
+        bomb = (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
+                b"<call><caller>&b;</caller></call>")
+        r = await bus.client.post("/hooks/legacy", content=bomb, headers={"content-type": "application/xml"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_payload"
+    assert state.delivered[0].json == {"caller": "+14155550100", "queue": "billing"}
