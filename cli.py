@@ -46,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bus.logs import configure
     from bus.runtime import run
 
-    configure(args.log_level)
+    configure(args.log_level, cache=True)
     try:
         cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
         if bool(cert) != bool(key):

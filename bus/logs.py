@@ -18,7 +18,9 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def configure(level: str = "info", *, json: bool | None = None) -> None:
+def configure(level: str = "info", *, json: bool | None = None, cache: bool = False) -> None:
+    """``cache=True`` for long-running servers: loggers are built once (faster), but later
+    reconfiguration (tests' ``capture_logs``) no longer reaches them."""
     if json is None:
         json = not sys.stderr.isatty()
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
@@ -34,5 +36,5 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )

@@ -184,7 +184,9 @@ class FlowRunner:
         self._finished(cf, env, "delivered")
         if emits:
             self._received_children([c for c, _ in emits])
-        log.debug("delivered", message_id=env.id, flow=cf.name)
+        log.debug("delivered", message_id=env.id, correlation_id=env.correlation_id, flow=cf.name,
+                  flow_version=cf.version, outcome="delivered",
+                  duration=round(self.clock() - env.first_seen, 4))
 
     def _finished(self, cf: CompiledFlow, env: Envelope, outcome: str) -> None:
         self.observer.finished(cf.name, outcome, self.clock() - env.first_seen,
@@ -277,7 +279,9 @@ class FlowRunner:
     ) -> None:
         chain = error_chain(exc)
         error = chain[0]
-        bound = log.bind(message_id=env.id, flow=cf.name, step=instr.label, attempt=env.attempt)
+        bound = log.bind(message_id=env.id, correlation_id=env.correlation_id, flow=cf.name,
+                         flow_version=cf.version, step=instr.label, attempt=env.attempt,
+                         **({"connector": instr.connector, "action": instr.action} if instr.kind == "to" else {}))
         retryable = isinstance(exc, RetryableError) or not isinstance(
             exc, (PermanentError, StepFailure, MappingError, JMESPathError)
         )
