@@ -369,6 +369,10 @@ def parser() -> argparse.ArgumentParser:
     with_config(d)
     sp.set_defaults(fn=_async(_dlq))
 
+    from bus.flowtest import cli as flowtest_cli
+
+    flowtest_cli.add_parser(sub)  # tieline test [PATH] [--config] [--json] [-k NAME]
+
     sp = sub.add_parser("graph", help="print the flows as a Mermaid diagram")
     sp.add_argument("file", nargs="?", default=DEFAULT_FLOWS)
     sp.add_argument("--markdown", action="store_true", help="wrap in a ```mermaid block")

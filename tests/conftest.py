@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 
 from bus.http.app import build_app
 from bus.runtime import Runtime
@@ -37,6 +38,13 @@ class Bus:
             await asyncio.sleep(0.02)
         rec = await self.runtime.transport.message(mid)
         raise AssertionError(f"message {mid} still {rec.state if rec else 'missing'} after {timeout}s")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging():
+    """Each test starts from structlog's defaults: a CLI test's configure() must not leak."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
