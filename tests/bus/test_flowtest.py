@@ -225,11 +225,13 @@ def test_malformed_file_is_an_error_with_file_line(suite, tests, where, message)
     assert f"orders.test.yaml:{where}: " in text and message in text, text
 
 
-def test_shipped_returns_suite_passes():
-    """flowtests/returns.test.yaml passes against the shipped flows.yaml (scenario 1)."""
-    results = run_tests(ROOT / "flowtests" / "returns.test.yaml")
+@pytest.mark.parametrize(("suite", "at_least"), [("returns", 6), ("risk", 4), ("hotline", 4)],
+                         ids=["returns", "risk", "hotline"])
+def test_shipped_scenario_suites_pass(suite, at_least):
+    """Each reference scenario's flow tests pass against the shipped flows.yaml."""
+    results = run_tests(ROOT / "flowtests" / f"{suite}.test.yaml")
     assert [(r.name, [str(f) for f in r.failures]) for r in results if not r.passed] == []
-    assert len(results) >= 6
+    assert len(results) >= at_least
 
 
 @pytest.mark.parametrize(("tests", "code"), [
