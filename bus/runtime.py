@@ -115,6 +115,7 @@ class Runtime:
         self.audit = AuditLog(config.settings.data_dir / "audit.jsonl")
         self.reloader = None  # set by serve()/work() when they know the config file
         self.env: Mapping[str, str] | None = None
+        self.on_apply: list = []  # callables run after a reload is applied
 
     @classmethod
     def from_file(
@@ -160,6 +161,8 @@ class Runtime:
         ingress.disabled = self.disabled
         self.ingress = ingress
         self.runner.update(flows, self.connectors)
+        for hook in self.on_apply:  # e.g. the HTTP app re-reads the sync-flow routes
+            hook()
         if self.ready:
             for name in added:
                 cf = flows[name]

@@ -51,6 +51,15 @@ def build_app(runtime: Runtime) -> Starlette:
         return JSON(document(routes))
 
     routes.append(Route("/api/v1/openapi.json", openapi_json, methods=["GET"]))
+    def refresh_sync_routes() -> None:
+        """After a reload: swap the sync-flow routes in place (added, removed, changed flows)."""
+        table = app.router.routes
+        first = next((i for i, r in enumerate(table) if getattr(r, "name", "").startswith("sync:")), None)
+        kept = [r for r in table if not getattr(r, "name", "").startswith("sync:")]
+        at = first if first is not None else len(kept)
+        table[:] = kept[:at] + sync_routes.routes(runtime) + kept[at:]
+
+    runtime.on_apply.append(refresh_sync_routes)
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
     rate = runtime.config.settings.http.rate_limit
     if rate is not None:

@@ -117,3 +117,29 @@ async def test_watch_and_sighup_reload_a_running_bus(tmp_path, sink):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+SYNC_FLOW = """
+  order_status:
+    from: {http: "GET /api/orders/{id}"}
+    steps:
+      - reply:
+          map:
+            fields:
+              id: body.params.id
+              state: {const: known}
+"""
+
+
+async def test_reload_adds_a_sync_route(make_bus, sink, tmp_path):
+    """A sync API flow added by a reload is served at once; removing it retires the route."""
+    _, url = sink
+    async with make_bus(flows(url), {"order_to_sink": MAPPING}) as bus:
+        assert (await bus.client.get("/api/orders/7")).status_code == 404
+        (tmp_path / "flows.yaml").write_text(flows(url) + SYNC_FLOW)
+        assert (await bus.client.post("/api/v1/reload")).status_code == 200
+        r = await bus.client.get("/api/orders/7")
+        assert r.status_code == 200 and r.json() == {"id": "7", "state": "known"}
+        (tmp_path / "flows.yaml").write_text(flows(url))
+        assert (await bus.client.post("/api/v1/reload")).status_code == 200
+        assert (await bus.client.get("/api/orders/7")).status_code == 404
