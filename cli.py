@@ -140,22 +140,46 @@ async def _dlq(args: argparse.Namespace) -> int:
             _print_json(await ops.dead_letter(args.id))
         elif args.dlq_cmd == "replay":
             if args.all:
-                done = await ops.replay_all(args.flow)
+                ids = [d["message_id"] for d in await ops.dead_letters(args.flow, 1000)]
+                done = []
+                async for mid in _progress(ids, "replaying"):
+                    done += await ops.replay(mid)
             elif args.id:
                 done = await ops.replay(args.id)
             else:
                 print("give a message id or --all", file=sys.stderr)
                 return 2
             print(f"replayed {len(done)} message(s)")
+            if args.all and len(done) == 1000:
+                print("(1000 per run: more dead letters may remain; run it again)")
             for mid in done:
                 print(f"  {mid}")
         elif args.dlq_cmd == "purge":
             if not args.ids and not args.all and not args.flow:
                 print("give message ids, --flow or --all", file=sys.stderr)
                 return 2
-            n = await ops.purge(args.ids or None, args.flow)
+            ids = args.ids or [d["message_id"] for d in await ops.dead_letters(args.flow, 1000)]
+            n = 0
+            chunks = [ids[i:i + 100] for i in range(0, len(ids), 100)]
+            async for chunk in _progress(chunks, "purging"):
+                n += await ops.purge(chunk, None)
             print(f"purged {n} dead letter(s)")
     return 0
+
+
+async def _progress(items: list, label: str):  # noqa: ANN202 - an async iterator
+    """Yield ``items``, with a rich progress bar when a person is watching (a terminal)."""
+    if not sys.stdout.isatty() or len(items) < 2:
+        for item in items:
+            yield item
+        return
+    from rich.progress import Progress
+
+    with Progress() as bar:
+        task = bar.add_task(label, total=len(items))
+        for item in items:
+            yield item
+            bar.advance(task)
 
 
 def cmd_connectors(args: argparse.Namespace) -> int:
