@@ -1,0 +1,93 @@
+"""Client-side CPU per outbound HTTP request: httpx (what connectors use) vs aiohttp.
+
+Each client POSTs a small JSON body ``-n`` times, 16 at a time, to the latency sink on
+loopback, in a child process; the figure is that process's CPU time (``time.process_time``)
+per request. CPU time suffers less than wall time from a shared machine. ``--sniffio DIR``
+adds a run of httpx with DIR on PYTHONPATH (a dir where sniffio is installed: httpcore 1.0.x
+tries ``import sniffio`` on every lock and event when it is missing).
+
+Run: .venv/bin/python bench/http_client_cpu.py [-n 3000] [--rounds 3] [--sniffio /tmp/sniffio_t]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import common as c
+
+CLIENT = """
+import asyncio, sys, time
+N, URL, KIND = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+async def run():
+    sem = asyncio.Semaphore(16)
+    if KIND == "httpx":
+        import httpx
+        client = httpx.AsyncClient(base_url=URL)
+        async def post():
+            await client.post("/x", json={"sent": time.time()})
+    else:
+        import aiohttp
+        client = aiohttp.ClientSession(URL)
+        async def post():
+            async with client.post("/x", json={"sent": time.time()}) as r:
+                await r.read()
+    async def one():
+        async with sem:
+            await post()
+    await asyncio.gather(*(one() for _ in range(200)))  # warm up: connections, caches
+    t = time.process_time()
+    await asyncio.gather(*(one() for _ in range(N)))
+    print(f"CPU_US {(time.process_time() - t) / N * 1e6:.0f}")
+    await (client.aclose() if KIND == "httpx" else client.close())
+
+asyncio.run(run())
+"""
+
+
+def one(kind: str, url: str, n: int, pythonpath: str | None) -> float:
+    env = {"PYTHONPATH": pythonpath} if pythonpath else {}
+    out = subprocess.run([c.PY, "-c", CLIENT, str(n), url, kind], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, **env}).stdout
+    m = re.search(r"CPU_US (\d+)", out)
+    if not m:
+        raise RuntimeError(f"client {kind} printed no figure: {out!r}")
+    return float(m.group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=3000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sniffio", default=None, help="a dir with sniffio installed")
+    args = ap.parse_args()
+    variants = [("httpx", None), ("aiohttp", None)]
+    if args.sniffio:
+        variants.insert(1, ("httpx", args.sniffio))
+    runs: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="tieline-client-") as d:
+        port = c.free_port()
+        sink = c.start_sink(port, Path(d) / "sink.log")
+        try:
+            for _ in range(args.rounds):  # alternated, so drift in load hits every variant
+                for kind, path in variants:
+                    name = kind + (" + sniffio" if path else "")
+                    runs.setdefault(name, []).append(one(kind, f"http://127.0.0.1:{port}", args.n, path))
+                    print(f"{name}: {runs[name][-1]:.0f} µs CPU per request")
+        finally:
+            c.stop(sink)
+    lines = [f"{args.n} POSTs per run, 16 concurrent, {args.rounds} rounds alternated; "
+             "client CPU time per request.\n", "| client | median µs CPU/request | runs |",
+             "| --- | --- | --- |"]
+    for name, rs in runs.items():
+        lines.append(f"| {name} | {c.median(rs):.0f} | {', '.join(f'{r:.0f}' for r in rs)} |")
+    c.append_results("Outbound HTTP client CPU: httpx vs aiohttp", [c.invocation()], "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Ingress throughput: signed webhook → verified → committed (SQLite, sync=full) → 202.
+
+Servers on loopback, measured back to back with wrk in each round (order rotates):
+  * tieline: ``tieline run`` on a bench flows.yaml (bench/common.py FLOWS) whose flow maps the
+    message and POSTs it to a latency sink in its own process, so the backlog does not grow;
+  * tieline-no-delivery: the same bus with its consumer off (bench/common.py ingress-only):
+    ingress alone, nothing competing for the event loop;
+  * bare: bench/bare_app.py (Starlette + uvicorn, parses the JSON, answers 202, no bus);
+  * nodered: bench/nodered (http in → change (JSONata, same mapping) → http response 202).
+
+wrk repeats one request unless told otherwise, and tieline answers a repeated webhook-id 200
+as a duplicate (another code path). So each round signs a fresh pool of unique requests
+(``--pool`` lines: id, timestamp, signature, body) that bench/post_pool.lua sends once each;
+repeats, if the pool runs out, are counted apart and left out of tieline's rate.
+
+Run: .venv/bin/python bench/ingress.py [--rounds 3] [--duration 10] [--connections 32]
+     [--servers bare,tieline,tieline-no-delivery,nodered]
+     [--profile [--profile-target tieline-no-delivery]]  (py-spy flame graph to /tmp)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import common as c
+import httpx
+
+NODERED = c.BENCH / "nodered"
+
+
+def write_pool(path: Path, n: int, signer: c.Signer) -> None:
+    tag = uuid.uuid4().hex[:8]
+    ts = int(time.time())
+    with path.open("w") as f:
+        for i in range(n):
+            mid = f"msg_{tag}_{i}"
+            body = c.order(mid)
+            h = signer.headers(mid, body, ts)
+            f.write(f"{mid}\t{ts}\t{h['webhook-signature']}\t{body.decode()}\n")
+
+
+def wrk_cmd(port: int, pool: Path, args: argparse.Namespace, secs: int = 0) -> list[str]:
+    secs = secs or args.duration
+    return ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{secs}s",
+            "--timeout", "5s", "-s", str(c.BENCH / "post_pool.lua"), f"http://127.0.0.1:{port}",
+            "--", str(pool), str(args.threads), c.HOOK]
+
+
+def run_wrk(cmd: list[str], timeout: float) -> dict:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout
+    m = re.search(r"^RESULT (\{.*\})$", out, re.M)
+    if not m:
+        raise RuntimeError(f"wrk gave no RESULT line:\n{out}")
+    r = json.loads(m.group(1))
+    secs = r["duration_us"] / 1e6
+    r["ok_rps"] = r["n202"] / secs  # only first-time, committed requests
+    r["all_rps"] = r["requests"] / secs
+    return r
+
+
+def start_servers(tmp: Path, args: argparse.Namespace) -> dict[str, tuple[int, subprocess.Popen]]:
+    servers: dict[str, tuple[int, subprocess.Popen]] = {}
+    sink_port = c.free_port()
+    servers["sink"] = (sink_port, c.start_sink(sink_port, tmp / "sink.log"))
+    port = c.free_port()
+    cfg = c.write_config(tmp / "tieline", port, f"http://127.0.0.1:{sink_port}", sync=args.sync)
+    servers["tieline"] = (port, c.start_tieline(cfg, port, tmp / "tieline.log"))
+    if "tieline-no-delivery" in args.servers:
+        port = c.free_port()
+        cfg = c.write_config(tmp / "nodelivery", port, f"http://127.0.0.1:{sink_port}",
+                             sync=args.sync)
+        proc = c.spawn([c.PY, str(c.BENCH / "common.py"), "ingress-only", str(cfg), str(port)],
+                       cwd=cfg.parent, log=tmp / "nodelivery.log")
+        c.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        servers["tieline-no-delivery"] = (port, proc)
+    port = c.free_port()
+    bare = c.spawn([c.PY, "-m", "uvicorn", "bare_app:app", "--app-dir", str(c.BENCH), "--host",
+                    "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
+                   log=tmp / "bare.log")
+    c.wait_http(f"http://127.0.0.1:{port}/healthz", bare)
+    servers["bare"] = (port, bare)
+    if "nodered" in args.servers:
+        port = c.free_port()
+        nr = c.spawn([str(NODERED / "node_modules" / ".bin" / "node-red"), "-u", str(NODERED), "-s",
+                      str(NODERED / "settings.js"), "-p", str(port), "flows.json"],
+                     log=tmp / "nodered.log")
+        c.wait_http(f"http://127.0.0.1:{port}/healthz", nr)
+        servers["nodered"] = (port, nr)
+    return servers
+
+
+def profile(servers: dict, tmp: Path, args: argparse.Namespace, signer: c.Signer) -> list[str]:
+    """py-spy the tieline process under wrk: a flame graph SVG, then collapsed stacks summarised."""
+    port, proc = servers[args.profile_target]
+    pyspy = str(c.ROOT / ".venv" / "bin" / "py-spy")
+    lines = []
+    for fmt, out in (("flamegraph", f"/tmp/{args.profile_target}-ingress.svg"), ("raw", str(tmp / "stacks.txt"))):
+        pool = tmp / "pool-prof.tsv"
+        write_pool(pool, args.pool, signer)
+        spy = subprocess.Popen([pyspy, "record", "--pid", str(proc.pid), "--format", fmt, "-o", out,
+                                "--duration", str(args.duration), "--rate", "200", "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run_wrk(wrk_cmd(port, pool, args), args.duration + 30)
+        spy.wait(args.duration + 30)
+    stacks = []
+    for line in Path(tmp / "stacks.txt").read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        # fold line numbers away: one entry per function
+        stacks.append(([re.sub(r":\d+\)$", ")", f) for f in stack.split(";")], int(n)))
+    Path(f"/tmp/{args.profile_target}-ingress-stacks.txt").write_text(
+        "\n".join(";".join(f) + f" {n}" for f, n in stacks))
+    total = sum(n for _, n in stacks)
+    lines.append(f"py-spy of **{args.profile_target}**: {total} samples at 200 Hz over "
+                 f"{args.duration} s of wrk load; flame graph /tmp/{args.profile_target}-ingress.svg, "
+                 f"collapsed stacks /tmp/{args.profile_target}-ingress-stacks.txt")
+    for title, marker in (("whole process", ""), ("ingress (under uvicorn run_asgi)", "run_asgi"),
+                          ("delivery (under FlowRunner.handle)", "FlowRunner.handle"),
+                          ("SQLite writer thread", "GroupCommitWriter")):
+        part = [(f, n) for f, n in stacks if any(marker in x for x in f)]
+        sub = sum(n for _, n in part)
+        self_t: collections.Counter[str] = collections.Counter()
+        incl: collections.Counter[str] = collections.Counter()
+        for f, n in part:
+            self_t[f[-1]] += n
+            for x in set(f):
+                incl[x] += n
+        lines.append(f"\n**{title}**: {sub / total:.1%} of samples. Top self time "
+                     "(share of this part):\n")
+        lines += [f"- {n / sub:5.1%}  {f}" for f, n in self_t.most_common(12)]
+        if marker:
+            lines.append("\nTop inclusive (share of this part):\n")
+            lines += [f"- {n / sub:5.1%}  {f}" for f, n in incl.most_common(30)
+                      if n < sub][:15]
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load per server")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="wrk threads")
+    ap.add_argument("--pool", type=int, default=40_000, help="pre-signed requests per run")
+    ap.add_argument("--sync", default="full", choices=["full", "normal"])
+    ap.add_argument("--servers", default="bare,tieline,tieline-no-delivery,nodered",
+                    help="comma-separated; tieline-no-delivery = the bus with its consumer off")
+    ap.add_argument("--profile", action="store_true", help="py-spy instead of the comparison")
+    ap.add_argument("--profile-target", default="tieline",
+                    choices=["tieline", "tieline-no-delivery"])
+    args = ap.parse_args()
+    args.servers = args.servers.split(",") if isinstance(args.servers, str) else args.servers
+    args.servers = [*dict.fromkeys(["tieline", *args.servers])]  # tieline is always measured
+    signer = c.Signer()
+    with tempfile.TemporaryDirectory(prefix="tieline-bench-") as d:
+        tmp = Path(d)
+        servers = start_servers(tmp, args)
+        try:
+            if args.profile:
+                c.append_results(f"Ingress profile (py-spy, {args.profile_target})", [c.invocation()],
+                                 "\n".join(profile(servers, tmp, args, signer)))
+                return
+            names = [n for n in args.servers if n in servers]
+            for name in names:  # warm up (JITs, caches, SQLite pages); not counted
+                pool = tmp / "pool.tsv"
+                write_pool(pool, args.pool // 4, signer)
+                run_wrk(wrk_cmd(servers[name][0], pool, args, args.warmup), args.warmup + 60)
+            runs: dict[str, list[dict]] = {n: [] for n in names}
+            cmds = []
+            for rnd in range(args.rounds):
+                order = names[rnd % len(names):] + names[:rnd % len(names)]
+                for name in order:
+                    pool = tmp / "pool.tsv"
+                    write_pool(pool, args.pool, signer)  # fresh ids and timestamps every run
+                    cmd = wrk_cmd(servers[name][0], pool, args)
+                    if rnd == 0:
+                        cmds.append(f"# {name}\n" + " ".join(cmd))
+                    r = run_wrk(cmd, args.duration + 60)
+                    runs[name].append(r)
+                    print(f"round {rnd + 1} {name:8s} {r['ok_rps']:8.0f} req/s (202)  "
+                          f"p50 {r['p50_us'] / 1000:6.1f} ms  p99 {r['p99_us'] / 1000:6.1f} ms  "
+                          f"non-202 {r['n200'] + r['nother']}  errors {r['errors_timeout'] + r['errors_read']}")
+            backlog = httpx.get(f"http://127.0.0.1:{servers['tieline'][0]}/readyz").json()
+            rss = {n: c.rss_kib(servers[n][1].pid) // 1024 for n in names}
+        finally:
+            for _, proc in servers.values():
+                c.stop(proc)
+    c.append_results("Ingress: signed webhook → committed → 202", [c.invocation(), *cmds],
+                     report(runs, args, backlog, rss))
+
+
+def report(runs: dict[str, list[dict]], args: argparse.Namespace, backlog: dict, rss: dict) -> str:
+    out = [f"wrk -t{args.threads} -c{args.connections}, {args.duration} s per run, {args.rounds} "
+           f"rounds alternated; sync={args.sync}; 202 req/s (tieline: first-time ids only).\n",
+           "| server | median req/s | runs req/s | median p50 ms | median p99 ms | non-202 | RSS MiB |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, rs in runs.items():
+        each = ", ".join(f"{r['ok_rps']:.0f}" for r in rs)
+        out.append(f"| {name} | {c.median([r['ok_rps'] for r in rs]):.0f} | {each} | "
+                   f"{c.median([r['p50_us'] / 1000 for r in rs]):.1f} | "
+                   f"{c.median([r['p99_us'] / 1000 for r in rs]):.1f} | "
+                   f"{sum(r['n200'] + r['nother'] for r in rs)} | {rss[name]} |")
+    t = [r["ok_rps"] for r in runs["tieline"]]
+    out.append("")
+    for other in ("bare", "nodered", "tieline-no-delivery"):
+        if other in runs:
+            ratios = [a / b["ok_rps"] for a, b in zip(t, runs[other], strict=True)]
+            out.append(f"- tieline / {other}: median ratio {c.median(ratios):.2f} "
+                       f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})")
+    out.append(f"- tieline backlog after the runs: {backlog.get('backlog')}")
+    out.append("- 2 tieline processes on one port: not supported (uvicorn workers are not wired, "
+               "no SO_REUSEPORT, and the embedded transport is one SQLite file per process); "
+               "measured 1 process.")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

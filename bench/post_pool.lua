@@ -1,0 +1,57 @@
+-- wrk script: POST a pool of pre-signed Standard Webhooks requests, each sent once.
+-- Usage: wrk -s bench/post_pool.lua URL -- POOL_FILE NTHREADS PATH
+-- POOL_FILE lines: webhook-id \t webhook-timestamp \t webhook-signature \t JSON body.
+-- Thread k takes lines k, k+N, k+2N…; when its share runs out it starts again, and the repeats
+-- are answered 200 (duplicates) — counted apart, so a too-small pool shows in the figures.
+local threads = {}
+local counter = 0
+
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+
+local reqs = {}
+local i = 0
+n202, n200, nother = 0, 0, 0
+
+function init(args)
+  local pool, nthreads, path = args[1], tonumber(args[2]), args[3]
+  local n = 0
+  for line in io.lines(pool) do
+    if n % nthreads == tid then
+      local id, ts, sig, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
+      reqs[#reqs + 1] = wrk.format("POST", path, {
+        ["Content-Type"] = "application/json", ["webhook-id"] = id,
+        ["webhook-timestamp"] = ts, ["webhook-signature"] = sig }, body)
+    end
+    n = n + 1
+  end
+end
+
+function request()
+  i = i + 1
+  if i > #reqs then i = 1 end
+  return reqs[i]
+end
+
+function response(status, headers, body)
+  if status == 202 then n202 = n202 + 1
+  elseif status == 200 then n200 = n200 + 1
+  else nother = nother + 1 end
+end
+
+function done(summary, latency, requests)
+  local a, b, c = 0, 0, 0
+  for _, t in ipairs(threads) do
+    a = a + t:get("n202"); b = b + t:get("n200"); c = c + t:get("nother")
+  end
+  io.write(string.format(
+    'RESULT {"requests": %d, "duration_us": %d, "errors_connect": %d, "errors_read": %d, ' ..
+    '"errors_timeout": %d, "n202": %d, "n200": %d, "nother": %d, ' ..
+    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\n',
+    summary.requests, summary.duration, summary.errors.connect, summary.errors.read,
+    summary.errors.timeout, a, b, c, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max))
+end
