@@ -48,8 +48,8 @@ def routes(runtime: Runtime) -> list[Route]:
             return error(404, "unknown_connector", f"no connector named {name!r}")
         client_ip = request.client.host if request.client else ""
         cc = runtime.config.connectors.get(name)
-        refused = check_hook(cc.ingress if cc else None, client_ip,
-                             {k.lower(): v for k, v in request.headers.items()})
+        headers = _headers(request)
+        refused = check_hook(cc.ingress if cc else None, client_ip, headers)
         if refused is not None:
             status, message = refused
             return error(status, "hook_forbidden" if status == 403 else "api_key_invalid", message)
@@ -64,8 +64,8 @@ def routes(runtime: Runtime) -> list[Route]:
                 method=request.method,
                 url=url,
                 path=request.url.path,
-                headers={k.lower(): v for k, v in request.headers.items()},
-                query=dict(request.query_params),
+                headers=headers,
+                query=_query(request),
                 body=body,
                 client_ip=request.client.host if request.client else "",
             )
@@ -99,7 +99,7 @@ def routes(runtime: Runtime) -> list[Route]:
             except orjson.JSONDecodeError as e:
                 return error(400, "invalid_json", f"body is not valid JSON: {e}")
             mid = await runtime.ingress.admit_to_flow(
-                name, body, {k.lower(): v for k, v in request.headers.items()}
+                name, body, _headers(request)
             )
         except (BodyTooLarge, InboundError, TransportError) as exc:
             return _refusal(exc)
@@ -109,3 +109,18 @@ def routes(runtime: Runtime) -> list[Route]:
         Route("/hooks/{connector}", hook, methods=["POST", "GET"]),  # GET: Kannel-style callbacks
         Route("/flows/{flow}", scopes.scoped(runtime, scopes.EVENTS_SEND)(flow_entry), methods=["POST"]),
     ]
+
+
+def _headers(request: Request) -> dict[str, str]:
+    """Lower-case header names (ASGI already gives them lower-case): built straight from the scope."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+
+
+def _query(request: Request) -> dict[str, str]:
+    """Query parameters, parsed only when there are any (most webhooks have none)."""
+    raw = request.scope.get("query_string", b"")
+    if not raw:
+        return {}
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))

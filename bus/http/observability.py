@@ -66,7 +66,10 @@ class RequestCounter:
         try:
             await self.app(scope, receive, watch)
         finally:
-            self.runtime.metrics.ingress.labels(_template(scope), str(status["code"])).inc()
+            # The router leaves the matched route in the scope: no second matching pass.
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.runtime.metrics.ingress.labels(template, str(status["code"])).inc()
 
 
 def _template(scope: Scope) -> str:
