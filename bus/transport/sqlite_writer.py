@@ -32,6 +32,10 @@ def open_connection(path: Path, connect: Connect | None, sync: Sync) -> sqlite3.
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={sync.upper()}")
     conn.execute("PRAGMA busy_timeout=5000")
+    # Checkpoint every ~800 KiB (not SQLite's 4 MiB) and keep the WAL file under 1 MiB after:
+    # on a small data volume a large WAL would take all the space the database needs.
+    conn.execute("PRAGMA wal_autocheckpoint=200")
+    conn.execute("PRAGMA journal_size_limit=1048576")
     return conn
 
 
@@ -153,15 +157,30 @@ class GroupCommitWriter:
                 results.append((True, job.work(conn)))
         except Exception:
             self._rollback(conn)
-            return self._commit_one_by_one(jobs)
+            return self._reclaim_if_full(conn, self._commit_one_by_one(jobs))
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(conn)
             batch.failed = True
             batch.results = [(False, self._error("commit", exc))] * len(jobs)
-            return batch
+            return self._reclaim_if_full(conn, batch)
         batch.results, batch.committed = results, True
+        return batch
+
+    @staticmethod
+    def _reclaim_if_full(conn: sqlite3.Connection, batch: _Batch) -> _Batch:
+        """After a 'disk full', move the WAL into the database and truncate it.
+
+        Otherwise the WAL (checkpointed only every ~4 MiB) takes any space an operator frees
+        before the database can use it, and a small volume never recovers. When the disk is
+        still full this fails too, harmlessly; the next failing batch tries again.
+        """
+        if any(not ok and _is_full(value) for ok, value in batch.results):
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
         return batch
 
     def _commit_one_by_one(self, jobs: list[_Job]) -> _Batch:
@@ -265,3 +284,11 @@ class Reader:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._thread, conn.close)
         self._thread.shutdown(wait=True)
+
+
+def _is_full(exc: object) -> bool:
+    while exc is not None:
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+            return True
+        exc = getattr(exc, "__cause__", None)
+    return False

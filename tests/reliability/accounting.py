@@ -169,7 +169,13 @@ async def _state(client: httpx.AsyncClient, mid: str) -> tuple[str, str | None]:
 async def _states(client: httpx.AsyncClient, acked: dict[str, str], orders: Iterable[str]
                   ) -> dict[str, tuple[str, str | None]]:
     orders = list(orders)
-    found = await asyncio.gather(*(_state(client, acked[o]) for o in orders))
+    slots = asyncio.Semaphore(16)  # thousands at once would only queue in the client's pool
+
+    async def one(order: str) -> tuple[str, str | None]:
+        async with slots:
+            return await _state(client, acked[order])
+
+    found = await asyncio.gather(*(one(o) for o in orders))
     return dict(zip(orders, found, strict=True))
 
 

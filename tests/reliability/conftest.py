@@ -33,6 +33,7 @@ version: 1
 settings:
   data_dir: ./data
   sync: full
+  outbound: {{allow: [127.0.0.1]}}  # the sink is on loopback (the SSRF guard refuses it otherwise)
 {settings}
 connectors:
   vendor:

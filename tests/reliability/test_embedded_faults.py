@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from connectors.testing.server import serve_app
 from connectors.testing.sink import SinkState, make_sink_app
+from tests.e2e.test_delivery import MAPPING
 
 from .accounting import Load, account, ids
 from .conftest import Procs, flows_yaml, wait_healthy, write_config
@@ -27,12 +28,13 @@ SINK_DOWN = float(os.environ.get("TIELINE_FAULT_SINK_DOWN", "20"))
 KILLS = 3
 
 
-async def until(check, timeout: float, what: str) -> None:
-    """Poll ``check()`` every 10 ms; fail naming ``what`` after ``timeout`` s."""
+async def until(check, timeout: float, what) -> None:
+    """Poll ``check()`` every 10 ms; fail naming ``what`` (or ``what()``) after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout} s waiting for "
+                                 f"{what() if callable(what) else what}")
         await asyncio.sleep(0.01)
 
 
@@ -153,3 +155,19 @@ async def test_sink_outage_then_flaky_sink(tmp_path: Path, procs: Procs, port: i
     assert tally.duplicates == 0, tally.text()
     assert tally.dead == 0 and tally.delivered == tally.acknowledged == OUTAGE_MESSAGES, tally.text()
     assert refused_while_down > 0 and flaky.served[500] > 0 and flaky.served[429] > 0, flaky.served
+
+
+async def test_accounting_counts_lost_and_duplicated(make_bus, sink) -> None:
+    """The tally is able to fail: an acknowledged id the bus never stored is lost, a second delivery a duplicate."""
+    state, sink_url = sink
+    async with make_bus(flows_yaml(sink_url), {"order_to_sink": MAPPING}) as bus:
+        load = Load(bus.url, ids("acct", 2), concurrency=2)
+        await load.run()
+        await state.wait_delivered(2)
+        state.delivered.append(state.delivered[0])  # the sink took one message twice
+        load.attempted.add("acct-ghost")
+        load.acked["acct-ghost"] = "01NOSUCHMESSAGE0000000000"  # a 202 for nothing stored
+        tally = await account("accounting-self-check", bus.url, state, load, settle=1)
+    assert (tally.sent, tally.acknowledged, tally.delivered) == (3, 3, 2)
+    assert (tally.lost, tally.duplicates) == (1, 1)
+    assert tally.lost_sample == ["acct-ghost (missing, message 01NOSUCHMESSAGE0000000000)"]
