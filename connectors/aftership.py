@@ -36,6 +36,7 @@ from connectors.base import (
     ConnectorDeps,
     InboundEvent,
     InboundRequest,
+    OwnsHttpClient,
     PayloadError,
     PermanentError,
     RetryableError,
@@ -160,7 +161,7 @@ def _summary(tracking: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class AfterShipConnector(Connector):
+class AfterShipConnector(OwnsHttpClient, Connector):
     """AfterShip Tracking: create and look up trackings; receive tracking webhooks."""
 
     type_name = "aftership"
@@ -187,18 +188,7 @@ class AfterShipConnector(Connector):
     def __init__(self, name: str, settings: Mapping[str, Any], deps: ConnectorDeps | None = None):
         super().__init__(name, settings, deps)
         self.settings = AfterShipSettings.parse(settings)
-        self._client: httpx.AsyncClient | None = None
-        self._owns_client = False
 
-    async def start(self) -> None:
-        if self._client is None:
-            self._client = self.deps.http or httpx.AsyncClient(timeout=self.settings.timeout)
-            self._owns_client = self.deps.http is None
-
-    async def close(self) -> None:
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-        self._client, self._owns_client = None, False
 
     # ----- inbound ---------------------------------------------------------------------
     def verify(self, request: InboundRequest) -> None:

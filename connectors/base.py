@@ -220,6 +220,27 @@ class Connector:
             raise PermanentError(f"input of action {spec.name!r} is invalid: " + "; ".join(parts))
 
 
+class OwnsHttpClient:
+    """``start``/``close`` for connectors that call out with httpx: the runtime's shared client
+    (``deps.http``, which guards private addresses) when given, else one of their own built with
+    ``settings.timeout``. Mix it in before :class:`Connector`; use ``self._client``."""
+
+    _client: httpx.AsyncClient | None = None
+    _owns_client: bool = False
+
+    async def start(self) -> None:
+        if self._client is None:
+            deps = self.deps  # type: ignore[attr-defined]
+            timeout = getattr(getattr(self, "settings", None), "timeout", 10.0)
+            self._client = deps.http or httpx.AsyncClient(timeout=timeout)
+            self._owns_client = deps.http is None
+
+    async def close(self) -> None:
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+        self._client, self._owns_client = None, False
+
+
 def classify_http_status(status: int, retry_after: str | None, text: str) -> ConnectorError:
     """The standard mapping of an HTTP failure status to an error class.
 

@@ -27,7 +27,6 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
-import httpx
 import jsonschema
 import orjson
 
@@ -38,6 +37,7 @@ from connectors.base import (
     ConnectorDeps,
     InboundEvent,
     InboundRequest,
+    OwnsHttpClient,
     PayloadError,
     PermanentError,
     action,
@@ -120,7 +120,7 @@ def _error_text(err: jsonschema.ValidationError) -> str:
     return f"{where}: {err.message}"
 
 
-class CallCenterConnector(Connector):
+class CallCenterConnector(OwnsHttpClient, Connector):
     """Signed JSON call events (call.started, call.completed, transcript.segment, recording.ready)."""
 
     type_name = "callcenter"
@@ -155,18 +155,7 @@ class CallCenterConnector(Connector):
         super().__init__(name, settings, deps)
         self.settings = CallCenterSettings.parse(settings)
         signing.decode_secret(self.settings.secret)  # a malformed whsec_ fails at load, not per request
-        self._client: httpx.AsyncClient | None = None
-        self._owns_client = False
 
-    async def start(self) -> None:
-        if self._client is None:
-            self._client = self.deps.http or httpx.AsyncClient(timeout=self.settings.timeout)
-            self._owns_client = self.deps.http is None
-
-    async def close(self) -> None:
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-        self._client, self._owns_client = None, False
 
     # ----- inbound ---------------------------------------------------------------------
     def verify(self, request: InboundRequest) -> None:

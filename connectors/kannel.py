@@ -34,7 +34,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import structlog
 
 from connectors.base import (
@@ -43,6 +42,7 @@ from connectors.base import (
     ConnectorDeps,
     InboundEvent,
     InboundRequest,
+    OwnsHttpClient,
     PayloadError,
     PermanentError,
     VerificationError,
@@ -103,7 +103,7 @@ class KannelSettings:
         return [s for s in (self.password, self.dlr_secret, self.mo_token) if s]
 
 
-class KannelConnector(Connector):
+class KannelConnector(OwnsHttpClient, Connector):
     """SMS through a Kannel smsbox: send_sms out; sms.delivery_report and sms.received in."""
 
     type_name = "kannel"
@@ -166,18 +166,7 @@ class KannelConnector(Connector):
     def __init__(self, name: str, settings: Mapping[str, Any], deps: ConnectorDeps | None = None):
         super().__init__(name, settings, deps)
         self.settings = KannelSettings.parse(settings)
-        self._client: httpx.AsyncClient | None = None
-        self._owns_client = False
 
-    async def start(self) -> None:
-        if self._client is None:
-            self._client = self.deps.http or httpx.AsyncClient(timeout=self.settings.timeout)
-            self._owns_client = self.deps.http is None
-
-    async def close(self) -> None:
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-        self._client, self._owns_client = None, False
 
     # ----- tokens and URLs -------------------------------------------------------------
     def _mac(self, key: str) -> bytes:

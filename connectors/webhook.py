@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 import structlog
 
@@ -28,6 +27,7 @@ from connectors.base import (
     ConnectorDeps,
     InboundEvent,
     InboundRequest,
+    OwnsHttpClient,
     PayloadError,
     PermanentError,
     action,
@@ -78,7 +78,7 @@ def lookup(body: Any, parts: tuple[str, ...]) -> Any:
     return body
 
 
-class WebhookConnector(Connector):
+class WebhookConnector(OwnsHttpClient, Connector):
     """Receive JSON webhooks from any system; send signed Standard Webhooks."""
 
     type_name = "webhook"
@@ -116,8 +116,6 @@ class WebhookConnector(Connector):
         self.settings = WebhookSettings.parse(settings)
         if self.settings.verify == "standard" or self.settings.url:
             signing.decode_secret(self.settings.secret)  # a malformed whsec_ fails at load, not per call
-        self._client: httpx.AsyncClient | None = None
-        self._owns_client = False
 
     @classmethod
     def event_names_for(cls, settings: Mapping[str, Any]) -> set[str]:
@@ -127,15 +125,6 @@ class WebhookConnector(Connector):
     def event_names(self) -> set[str]:
         return self.event_names_for({"event_field": self.settings.event_field, "events": self.settings.events})
 
-    async def start(self) -> None:
-        if self._client is None:
-            self._client = self.deps.http or httpx.AsyncClient(timeout=self.settings.timeout)
-            self._owns_client = self.deps.http is None
-
-    async def close(self) -> None:
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-        self._client, self._owns_client = None, False
 
     # ----- inbound ---------------------------------------------------------------------
     def verify(self, request: InboundRequest) -> None:

@@ -30,8 +30,9 @@ from bus.transport.base import (
     PublishResult,
     Transport,
 )
+from bus.transport.entries import received_entry
 from bus.transport.rabbitmq_consumer import deliver
-from bus.transport.rabbitmq_delivery import flush, out, received_entry
+from bus.transport.rabbitmq_delivery import flush, out
 from bus.transport.rabbitmq_ledger import RedisLedger
 from bus.transport.rabbitmq_publisher import OUTAGE, Publisher
 

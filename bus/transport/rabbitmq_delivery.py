@@ -25,6 +25,12 @@ from aio_pika.abc import AbstractIncomingMessage
 from bus.envelope import Envelope
 from bus.errors import TransportError
 from bus.transport.base import Delivery, LedgerEntry, MessageState
+from bus.transport.entries import (
+    check_ending,
+    complete_lines,
+    dead_lines,
+    retry_lines,
+)
 from bus.transport.rabbitmq_ledger import Stored
 from bus.transport.rabbitmq_publisher import H_ATTEMPTS, H_CHAIN, H_ERROR, H_GEN
 
@@ -33,24 +39,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-_ENDINGS = frozenset({MessageState.DELIVERED, MessageState.FILTERED})
 
 
-def received_entry(envelope: Envelope, now: float, delay: float = 0.0) -> LedgerEntry:
-    """The 'received' ledger line written for every stored envelope."""
-    return LedgerEntry(
-        envelope.id,
-        "received",
-        now,
-        flow=envelope.flow,
-        attempt=envelope.attempt,
-        detail={"delay": delay} if delay else {},
-    )
-
-
-def _with_default(entries: Sequence[LedgerEntry], default: LedgerEntry) -> list[LedgerEntry]:
-    have = any(e.kind == default.kind and e.message_id == default.message_id for e in entries)
-    return list(entries) if have else [*entries, default]
 
 
 def out(kind: str, env: Envelope, due: float, gen: int, headers: dict | None = None) -> dict:
@@ -165,19 +155,9 @@ class RabbitDelivery(Delivery):
         emit: Sequence[tuple[Envelope, float]] = (),
     ) -> None:
         self._check(envelope, "complete")
-        if state not in _ENDINGS:
-            raise ValueError(
-                f"message {envelope.id}: complete() takes DELIVERED or FILTERED, not {state!r}; "
-                "use retry() or dead() for the others"
-            )
+        check_ending(envelope, state)
         now = self._t.clock()
-        lines = _with_default(
-            entries,
-            LedgerEntry(
-                envelope.id, state.value, now, flow=envelope.flow, attempt=envelope.attempt
-            ),
-        )
-        lines += [received_entry(child, now, delay) for child, delay in emit]
+        lines = complete_lines(envelope, state, now, entries, emit)
         children = [(child, now + max(delay, 0.0)) for child, delay in emit]
         outbox = [out("flow", child, at if at > now else 0.0, 0) for child, at in children]
         await self._end(envelope, outbox, entries=lines, state=state, children=children)
@@ -188,17 +168,7 @@ class RabbitDelivery(Delivery):
         self._check(envelope, "retry")
         now = self._t.clock()
         due = now + max(delay, 0.0)
-        lines = _with_default(
-            entries,
-            LedgerEntry(
-                envelope.id,
-                "retry_scheduled",
-                now,
-                flow=envelope.flow,
-                attempt=envelope.attempt,
-                detail={"delay": delay, "available_at": due},
-            ),
-        )
+        lines = retry_lines(envelope, now, delay, due, entries)
         outbox = [out("flow", envelope, due if delay > 0 else 0.0, self._gen + 1)]
         await self._end(envelope, outbox, entries=lines, available_at=due)
 
@@ -211,19 +181,7 @@ class RabbitDelivery(Delivery):
     ) -> None:
         self._check(envelope, "dead")
         now = self._t.clock()
-        step = next((e.step for e in reversed(entries) if e.step), None)
-        lines = _with_default(
-            entries,
-            LedgerEntry(
-                envelope.id,
-                "dead",
-                now,
-                flow=envelope.flow,
-                step=step,
-                attempt=envelope.attempt,
-                error=error,
-            ),
-        )
+        step, lines = dead_lines(envelope, now, error, entries)
         history = await self._t.ledger.history(envelope.id)
         attempts = [e.to_dict() for e in [*history, *lines] if e.kind == "step"]
         headers = {

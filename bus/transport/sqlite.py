@@ -28,7 +28,8 @@ from bus.transport.base import (
     PublishResult,
     Transport,
 )
-from bus.transport.sqlite_delivery import SqliteDelivery, received_entry
+from bus.transport.entries import received_entry
+from bus.transport.sqlite_delivery import SqliteDelivery
 from bus.transport.sqlite_scheduler import FlowQueue
 from bus.transport.sqlite_writer import Connect, GroupCommitWriter, Reader, Sync
 

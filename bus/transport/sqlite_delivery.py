@@ -15,29 +15,18 @@ from bus.envelope import Envelope
 from bus.errors import TransportError
 from bus.transport import sqlite_store as store
 from bus.transport.base import Delivery, LedgerEntry, MessageState
+from bus.transport.entries import (
+    check_ending,
+    complete_lines,
+    dead_lines,
+    retry_lines,
+)
 
 if TYPE_CHECKING:
     from bus.transport.sqlite import SqliteTransport
 
-_ENDINGS = frozenset({MessageState.DELIVERED, MessageState.FILTERED})
 
 
-def received_entry(envelope: Envelope, now: float, delay: float = 0.0) -> LedgerEntry:
-    """The 'received' ledger line written for every stored envelope."""
-    return LedgerEntry(
-        envelope.id,
-        "received",
-        now,
-        flow=envelope.flow,
-        attempt=envelope.attempt,
-        detail={"delay": delay} if delay else {},
-    )
-
-
-def _with_default(entries: Sequence[LedgerEntry], default: LedgerEntry) -> list[LedgerEntry]:
-    """``entries``, plus ``default`` unless an entry of its kind for its message is there."""
-    have = any(e.kind == default.kind and e.message_id == default.message_id for e in entries)
-    return list(entries) if have else [*entries, default]
 
 
 class SqliteDelivery(Delivery):
@@ -92,24 +81,10 @@ class SqliteDelivery(Delivery):
         emit: Sequence[tuple[Envelope, float]] = (),
     ) -> None:
         self._check(envelope, "complete")
-        if state not in _ENDINGS:
-            raise ValueError(
-                f"message {envelope.id}: complete() takes DELIVERED or FILTERED, not {state!r}; "
-                "use retry() or dead() for the others"
-            )
+        check_ending(envelope, state)
         now = self._t.clock()
-        lines = _with_default(
-            entries,
-            LedgerEntry(
-                envelope.id,
-                state.value,
-                now,
-                flow=envelope.flow,
-                attempt=envelope.attempt,
-            ),
-        )
+        lines = complete_lines(envelope, state, now, entries, emit)
         children = [(child, now + max(delay, 0.0)) for child, delay in emit]
-        lines += [received_entry(child, now, delay) for child, delay in emit]
 
         def work(conn) -> None:
             store.update_message(conn, envelope, now, state=state)
@@ -130,17 +105,7 @@ class SqliteDelivery(Delivery):
         self._check(envelope, "retry")
         now = self._t.clock()
         available_at = now + max(delay, 0.0)
-        lines = _with_default(
-            entries,
-            LedgerEntry(
-                envelope.id,
-                "retry_scheduled",
-                now,
-                flow=envelope.flow,
-                attempt=envelope.attempt,
-                detail={"delay": delay, "available_at": available_at},
-            ),
-        )
+        lines = retry_lines(envelope, now, delay, available_at, entries)
 
         def work(conn) -> None:
             store.update_message(conn, envelope, now, available_at=available_at)
@@ -161,19 +126,7 @@ class SqliteDelivery(Delivery):
     ) -> None:
         self._check(envelope, "dead")
         now = self._t.clock()
-        step = next((e.step for e in reversed(entries) if e.step), None)
-        lines = _with_default(
-            entries,
-            LedgerEntry(
-                envelope.id,
-                "dead",
-                now,
-                flow=envelope.flow,
-                step=step,
-                attempt=envelope.attempt,
-                error=error,
-            ),
-        )
+        step, lines = dead_lines(envelope, now, error, entries)
 
         def work(conn) -> None:
             store.update_message(conn, envelope, now, state=MessageState.DEAD, error=error)

@@ -30,6 +30,7 @@ from connectors.base import (
     Connector,
     ConnectorDeps,
     InboundRequest,
+    OwnsHttpClient,
     PayloadError,
     PermanentError,
     RetryableError,
@@ -93,7 +94,7 @@ def as_int(value: Any) -> int | None:
     return int(text) if text.lstrip("-").isdigit() else None
 
 
-class TwilioConnector(Connector):
+class TwilioConnector(OwnsHttpClient, Connector):
     """Base of the Twilio connectors: REST calls with basic auth, webhook verification and form parsing."""
 
     secret_fields = SECRET_FIELDS
@@ -104,18 +105,7 @@ class TwilioConnector(Connector):
         self.settings = TwilioSettings.parse(settings)
         pair = f"{self.settings.account_sid}:{self.settings.auth_token}".encode()
         self._auth = "Basic " + base64.b64encode(pair).decode()
-        self._client: httpx.AsyncClient | None = None
-        self._owns_client = False
 
-    async def start(self) -> None:
-        if self._client is None:
-            self._client = self.deps.http or httpx.AsyncClient(timeout=self.settings.timeout)
-            self._owns_client = self.deps.http is None
-
-    async def close(self) -> None:
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-        self._client, self._owns_client = None, False
 
     # ----- REST ------------------------------------------------------------------------
     def account_path(self, resource: str) -> str:

@@ -32,6 +32,7 @@ from connectors.base import (
     CallContext,
     Connector,
     ConnectorDeps,
+    OwnsHttpClient,
     PermanentError,
     RetryableError,
     action,
@@ -102,7 +103,7 @@ def ticket_summary(ticket: Mapping[str, Any], portal: str) -> dict[str, Any]:
     return {**{k: ticket.get(k) for k in keys}, "url": f"{portal}/a/tickets/{ticket.get('id')}"}
 
 
-class FreshdeskConnector(Connector):
+class FreshdeskConnector(OwnsHttpClient, Connector):
     """Create, update, annotate and read Freshdesk tickets."""
 
     type_name = "freshdesk"
@@ -124,18 +125,7 @@ class FreshdeskConnector(Connector):
     def __init__(self, name: str, settings: Mapping[str, Any], deps: ConnectorDeps | None = None):
         super().__init__(name, settings, deps)
         self.settings = FreshdeskSettings.parse(settings)
-        self._client: httpx.AsyncClient | None = None
-        self._owns_client = False
 
-    async def start(self) -> None:
-        if self._client is None:
-            self._client = self.deps.http or httpx.AsyncClient(timeout=self.settings.timeout)
-            self._owns_client = self.deps.http is None
-
-    async def close(self) -> None:
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-        self._client, self._owns_client = None, False
 
     @action("create_ticket", {
         "type": "object", "additionalProperties": False, "required": ["subject", "description"],
