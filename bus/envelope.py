@@ -6,6 +6,7 @@ so a retry always starts from exactly what the failed step saw.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,10 @@ IDEMPOTENCY_KEY = "idempotency_key"
 SOURCE = "source"  # connector name that received it, or "flow:<name>" / "topic:<name>"
 EVENT = "event"  # connector event name or topic
 TRACEPARENT = "traceparent"
+# The vendor event a message comes from ("connector:dedupe key"), extended along topics. Two
+# messages made from the same event — e.g. an ingress publish that reached the broker although
+# its confirm was lost, and the vendor's retry of it — then send the same idempotency keys.
+ORIGIN = "origin"
 
 
 def new_id() -> str:
@@ -76,11 +81,19 @@ class Envelope:
         }
         if TRACEPARENT in self.headers:
             headers[TRACEPARENT] = self.headers[TRACEPARENT]
+        if ORIGIN in self.headers:  # the publishing step is part of the child's origin
+            headers[ORIGIN] = f"{self.headers[ORIGIN]}>{self.flow}@{self.cursor}>{event}"
         return Envelope.new(flow, body, headers, flow_version=flow_version)
 
     def idempotency_key(self, step: int) -> str:
-        """The key passed to connectors for the ``to:`` at instruction ``step``: stable across retries."""
-        return f"{self.id}-{step}"
+        """The key passed to connectors for the ``to:`` at instruction ``step``: stable across
+        retries, and for messages made from a vendor event, the same for every copy of it."""
+        origin = self.headers.get(ORIGIN)
+        if origin is None:
+            return f"{self.id}-{step}"
+        part = self.headers.get("split_index", "")
+        digest = hashlib.sha256(f"{origin}|{self.flow}|{part}".encode()).hexdigest()[:26]
+        return f"{digest}-{step}"
 
     @property
     def correlation_id(self) -> str:

@@ -14,7 +14,7 @@ import structlog
 from jmespath.exceptions import JMESPathError
 
 from bus.canary import route_variants
-from bus.envelope import EVENT, SOURCE, TRACEPARENT, Envelope
+from bus.envelope import EVENT, ORIGIN, SOURCE, TRACEPARENT, Envelope
 from bus.errors import MappingError, PayloadError
 from bus.flow import CompiledFlow
 from bus.observe import Observer
@@ -84,6 +84,8 @@ class Ingress:
     ) -> Admission:
         """Store one event as a message per subscribed flow, atomically, deduplicated."""
         hdrs = {SOURCE: connector_name, EVENT: event.name}
+        if event.dedupe_key:
+            hdrs[ORIGIN] = f"{connector_name}:{event.dedupe_key}"
         if headers and headers.get(TRACEPARENT):
             hdrs[TRACEPARENT] = headers[TRACEPARENT]
         envelopes = []

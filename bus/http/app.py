@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from bus.http import api, api_dlq, ingress, observability, sync_routes
-from bus.http.limits import RateLimit
+from bus.http.limits import HeaderLimits, RateLimit
 from bus.http.openapi import document
 from bus.http.responses import JSON, error
 
@@ -64,5 +64,6 @@ def build_app(runtime: Runtime) -> Starlette:
     rate = runtime.config.settings.http.rate_limit
     if rate is not None:
         app.add_middleware(RateLimit, rate=rate)
+    app.add_middleware(HeaderLimits)
     app.add_middleware(observability.RequestCounter, runtime=runtime)  # outermost: counts 429s too
     return app

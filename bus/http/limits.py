@@ -41,6 +41,29 @@ class RateLimit:
         await self.app(scope, receive, send)
 
 
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class HeaderLimits:
+    """431 for requests with too many or too large headers (before anything reads them)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope.get("headers", ())
+            size = sum(len(k) + len(v) for k, v in headers)
+            if len(headers) > MAX_HEADERS or size > MAX_HEADER_BYTES:
+                response = error(431, "headers_too_large",
+                                 f"request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes",
+                                 {"fields": len(headers), "bytes": size})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _client(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"authorization" and value[:7].lower() == b"bearer ":

@@ -82,7 +82,8 @@ async def test_webhook_is_mapped_and_delivered(make_bus, sink):
         (mid,) = r.json()["accepted"]
         assert await bus.wait_state(mid) == MessageState.DELIVERED
     assert [req.json for req in state.requests] == [{"order": "A-1", "phone": "+14155550100", "total": 12}]
-    assert state.requests[0].headers["idempotency-key"] == f"{mid}-1"
+    key = state.requests[0].headers["idempotency-key"]
+    assert key.endswith("-1") and len(key) == 28  # derived from the vendor event, step 1
 
 
 async def test_two_503s_then_200_delivers_on_attempt_3(make_bus, sink):
@@ -196,3 +197,26 @@ async def test_private_target_not_allow_listed_is_refused_at_connect(make_bus, s
         dl = await bus.runtime.transport.dead_letter(mid)
     assert state.requests == []
     assert "127.0.0.1" in dl.error and "PermanentError" in dl.error_chain[0]
+
+
+async def test_two_copies_of_one_vendor_event_send_one_idempotency_key(make_bus, sink):
+    """Two messages made from the same vendor event (an ambiguous publish plus the vendor's retry)
+    call the sink with the same Idempotency-Key, so a sink that honours it acts once."""
+    from connectors.base import InboundEvent
+
+    state, url = sink
+    async with make_bus(flows(url), {"order_to_sink": MAPPING}) as bus:
+        event = InboundEvent("order.created", ORDER, dedupe_key="evt-twice")
+        first = await bus.runtime.ingress.admit("vendor", event)
+        # The same event admitted again under a different dedupe scope: a second message id.
+        again = await bus.runtime.ingress.admit("vendor", InboundEvent("order.created", ORDER, "evt-twice"))
+        assert again.duplicate_of == first.accepted  # the dedupe window catches the usual case
+        copy = (await bus.runtime.transport.message(first.accepted[0])).envelope
+        clone = copy.evolve(id="01ZZZZZZZZZZZZZZZZZZZZZZZZ", cursor=0)
+        await bus.runtime.transport.publish([clone])
+        for mid in (first.accepted[0], clone.id):
+            assert await bus.wait_state(mid) == MessageState.DELIVERED
+    keys = [r.headers["idempotency-key"] for r in state.requests]
+    assert len(keys) == 2 and keys[0] == keys[1]
+    assert len(state.delivered) == 1 and state.duplicates == 1
+

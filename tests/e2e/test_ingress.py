@@ -146,3 +146,10 @@ async def test_xml_body_is_parsed_safely(make_bus, sink):
         r = await bus.client.post("/hooks/legacy", content=bomb, headers={"content-type": "application/xml"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_payload"
     assert state.delivered[0].json == {"caller": "+14155550100", "queue": "billing"}
+
+
+async def test_oversized_headers_are_431(bus):
+    """A request with more than 16 KiB of headers is refused with 431 before any route runs."""
+    r = await bus.client.post("/flows/relay", json=ORDER, headers={f"x-pad-{i}": "x" * 400 for i in range(50)})
+    assert r.status_code == 431 and r.json()["error"]["code"] == "headers_too_large"
+    assert await bus.runtime.transport.backlog() == 0
