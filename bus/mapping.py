@@ -23,6 +23,7 @@ from jmespath import exceptions as jexc
 
 from bus.errors import MappingError, TielineError
 from bus.functions import FunctionError, TielineFunctions, compile_ast, to_text
+from bus.template import TemplateError, split_template
 
 SpecPath = list[str | int]
 _DEFAULT_FUNCTIONS = TielineFunctions()  # system clock; callers (and tests) may pass their own
@@ -395,7 +396,10 @@ def _show(value: Any) -> str:
 
 
 def _compile_template(text: str, path: SpecPath, funcs: TielineFunctions) -> Callable[[Any], str]:
-    literals, exprs = _split_template(text, path)
+    try:
+        literals, exprs = split_template(text)
+    except TemplateError as e:
+        raise MappingSpecError(str(e), path) from None
     fns = [compile_expression(e, path, functions=funcs)._fn for e in exprs]
     if not fns:
         const = literals[0]
@@ -411,57 +415,3 @@ def _compile_template(text: str, path: SpecPath, funcs: TielineFunctions) -> Cal
         return "".join(parts)
 
     return render
-
-
-_QUOTES = {"'", '"', "`"}
-
-
-def _split_template(text: str, path: SpecPath) -> tuple[list[str], list[str]]:
-    """Split 'a {x} b' into literals ['a ', ' b'] and expressions ['x']; {{ and }} escape."""
-    literals, exprs, buf, i, n = [], [], [], 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch in "{}" and text[i + 1 : i + 2] == ch:
-            buf.append(ch)
-            i += 2
-        elif ch == "}":
-            raise MappingSpecError(
-                f"unmatched '}}' at column {i + 1}; write '}}}}' for a literal brace", path
-            )
-        elif ch == "{":
-            end = _placeholder_end(text, i, path)
-            expr = text[i + 1 : end].strip()
-            if not expr:
-                raise MappingSpecError(f"empty placeholder '{{}}' at column {i + 1}", path)
-            literals.append("".join(buf))
-            exprs.append(expr)
-            buf, i = [], end + 1
-        else:
-            buf.append(ch)
-            i += 1
-    literals.append("".join(buf))
-    return literals, exprs
-
-
-def _placeholder_end(text: str, start: int, path: SpecPath) -> int:
-    # Braces may nest inside an expression ({a: b} multiselect); skip quoted text.
-    depth, i, quote = 0, start, None
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = None
-        elif ch in _QUOTES:
-            quote = ch
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    raise MappingSpecError(
-        f"placeholder opened at column {start + 1} is never closed with '}}'", path
-    )
