@@ -1,0 +1,216 @@
+"""Distributed mode: consume → 8-field map → confirmed publish → ack on RabbitMQ, messages/s.
+
+Run: .venv/bin/python bench/distributed.py [-n 5000] [--rounds 3] [--workers 1,2,4]
+Needs RabbitMQ on 127.0.0.1:5672 (guest) and Redis on 127.0.0.1:6379. Per round, back to back:
+
+* tieline, K ``tieline worker`` processes (K in --workers): flow ``relay`` (``from: {topic:
+  bench.in}``, ``map`` with the mapping of bench_mapping.py, ``publish: bench.out``) on a fresh
+  ``broker_prefix``. A second flow ``sink`` (``from: {topic: bench.out}``) gives the published
+  messages a queue to land in; the workers are started through a wrapper that does not consume
+  ``sink`` so its queue count is the output (they run ``cli.main(['worker', ...])`` otherwise).
+* ``handwritten``: bench/distributed_peers.py, plain aio-pika, 1 process.
+* ``faststream``: bench/distributed_peers.py, FastStream subscriber → publisher, 1 process.
+
+N messages are pre-loaded into the input queue (tieline: ``RabbitTransport.publish``; peers: a
+JSON body and a ``source`` header, confirmed), then the consumer processes start. The clock
+runs from the first poll (every 20 ms) that sees the input queue below N to the one that sees N
+messages in the output queue. Every queue, exchange and Redis key made here is deleted after
+its run; every wait is bounded (--timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import aio_pika
+import common
+from bench_mapping import SPEC, VIEW
+
+from bus.envelope import Envelope, new_id
+from bus.transport.rabbitmq import RabbitTransport
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+BODY = VIEW["body"]
+SOURCE = VIEW["headers"]["source"]
+PEERS = str(common.BENCH / "distributed_peers.py")
+
+CONFIG = """\
+version: 1
+settings:
+  transport: rabbitmq
+  amqp_url: "{amqp}"
+  redis_url: "{redis}"
+  broker_prefix: {prefix}
+  backlog_limit: 10000000
+  data_dir: {data}
+flows:
+  relay:
+    from: {{topic: bench.in}}
+    steps:
+      - map: {mapping}
+      - publish: bench.out
+  sink:
+    from: {{topic: bench.out}}
+    steps:
+      - map: {{fields: {{subject: body.subject}}}}
+"""
+
+# `tieline worker FILE`, minus consuming the `sink` flow (the output we count).
+WORKER = ("import sys\n"
+          "from bus.transport.rabbitmq import RabbitTransport as T\n"
+          "c = T.consume\n"
+          "T.consume = lambda s, f, h, **k: None if f == 'sink' else c(s, f, h, **k)\n"
+          "import cli\n"
+          "sys.exit(cli.main(['worker', sys.argv[1], '--log-level', 'warning']))\n")
+
+
+async def counts(channel: aio_pika.abc.AbstractChannel, *queues: str) -> list[int]:
+    out = []
+    for q in queues:
+        declared = await channel.declare_queue(q, passive=True)
+        out.append(declared.declaration_result.message_count)
+    return out
+
+
+async def clock(in_q: str, out_q: str, n: int, procs: list, timeout: float) -> tuple[float, float]:
+    """(seconds from spawn to first consumption, seconds from then to N outputs)."""
+    spawned = time.perf_counter()
+    started = None
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        while time.perf_counter() - spawned < timeout:
+            left, done = await counts(channel, in_q, out_q)
+            now = time.perf_counter()
+            if started is None and (left < n or done > 0):
+                started = now
+            if done >= n:
+                out = await (await channel.declare_queue(out_q, passive=True)).get(no_ack=False)
+                await out.nack(requeue=True)  # a look: the mapped body must be in the output
+                if b'"escalate"' not in out.body:
+                    raise RuntimeError(f"{out_q}: unexpected output {out.body[:200]!r}")
+                return started - spawned, now - started
+            dead = [p.args for p in procs if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"consumer exited early: {dead} (see its log in /tmp)")
+            await asyncio.sleep(0.02)
+    raise TimeoutError(f"{out_q}: {done}/{n} messages after {timeout}s")
+
+
+async def tieline_run(n: int, workers: int, timeout: float, tmp: Path) -> tuple[float, float]:
+    prefix = f"bench-dist-{new_id().lower()}"
+    config = tmp / f"{prefix}.yaml"
+    config.write_text(CONFIG.format(amqp=AMQP_URL, redis=REDIS_URL, prefix=prefix,
+                                    data=tmp / prefix, mapping=json.dumps(SPEC)))
+    transport = RabbitTransport(AMQP_URL, REDIS_URL, prefix=prefix, flows=["relay", "sink"],
+                                backlog_limit=10**7)
+    procs: list = []
+    await transport.start()
+    try:
+        async def load(count: int) -> None:
+            for at in range(0, count, 100):
+                await transport.publish([Envelope.new("relay", BODY, {"source": SOURCE})
+                                         for _ in range(min(100, count - at))])
+
+        await asyncio.gather(*(load(n // 8 + (i < n % 8)) for i in range(8)))
+        procs = [common.spawn([common.PY, "-c", WORKER, str(config)], cwd=tmp,
+                              log=tmp / f"{prefix}-w{i}.log") for i in range(workers)]
+        return await clock(transport.names.flow("relay"), transport.names.flow("sink"), n, procs,
+                           timeout)
+    finally:
+        for p in procs:
+            common.stop(p)
+        await transport.close()
+        await transport.drop()
+
+
+async def peer_run(kind: str, n: int, timeout: float, tmp: Path) -> tuple[float, float]:
+    name = f"bench-peer-{new_id().lower()}"
+    in_q, out_q = f"{name}.in", f"{name}.out"
+    proc = None
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for q in (in_q, out_q):
+            await channel.declare_queue(q, durable=True)
+        try:
+            body = json.dumps(BODY).encode()
+
+            async def load(count: int) -> None:
+                for _ in range(count):
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(body, headers={"source": SOURCE},
+                                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                         content_type="application/json"), routing_key=in_q)
+
+            await asyncio.gather(*(load(n // 50 + (i < n % 50)) for i in range(50)))
+            proc = common.spawn([common.PY, PEERS, kind, AMQP_URL, in_q, out_q],
+                                log=tmp / f"{name}-{kind}.log")
+            return await clock(in_q, out_q, n, [proc], timeout)
+        finally:
+            if proc is not None:
+                common.stop(proc)
+            for q in (in_q, out_q):
+                await channel.queue_delete(q)
+
+
+def table(results: dict[str, list[tuple[float, float]]], n: int) -> tuple[str, dict[str, float]]:
+    rows = ["| consumer | median msg/s | runs msg/s | median start s |", "| --- | --- | --- | --- |"]
+    med = {}
+    for label, runs in results.items():
+        rates = [n / secs for _, secs in runs]
+        med[label] = common.median(rates)
+        rows.append(f"| {label} | {med[label]:.0f} | {', '.join(f'{r:.0f}' for r in rates)} | "
+                    f"{common.median([s for s, _ in runs]):.2f} |")
+    return "\n".join(rows), med
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("-n", type=int, default=5000, help="messages per run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", default="1,2,4", help="tieline worker counts per round")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run at most")
+    parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args()
+    ks = [int(k) for k in args.workers.split(",")]
+    labels = [f"tieline x{k}" for k in ks] + ["handwritten", "faststream"]
+    results: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
+    with tempfile.TemporaryDirectory(prefix="tieline-dist-") as d:
+        tmp = Path(d)
+        for r in range(args.rounds):
+            for label in labels:
+                if label.startswith("tieline"):
+                    run = await tieline_run(args.n, int(label.split("x")[1]), args.timeout, tmp)
+                else:
+                    run = await peer_run(label, args.n, args.timeout, tmp)
+                results[label].append(run)
+                print(f"round {r + 1} {label:12} start {run[0]:5.2f}s  {args.n / run[1]:7.0f} msg/s",
+                      flush=True)
+    text, med = table(results, args.n)
+    lines = [text, ""]
+    if "tieline x1" in med:
+        per_round = [results["tieline x1"][i][1] for i in range(args.rounds)]
+        for peer in ("handwritten", "faststream"):
+            ratios = [results[peer][i][1] / per_round[i] for i in range(args.rounds)]
+            lines.append(f"- tieline (1 worker) / {peer}: median ratio {common.median(ratios):.2f} "
+                         f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})")
+        for k in ks[1:]:
+            lines.append(f"- tieline {k} workers / 1 worker: {med[f'tieline x{k}'] / med['tieline x1']:.2f}")
+    body = (f"{args.n} messages pre-loaded per run, {args.rounds} rounds alternated; prefetch 16 "
+            "everywhere (tieline: the flow's default concurrency 16); msg/s = N / (first "
+            "consumption → N in the output queue), polled every 20 ms.\n\n" + "\n".join(lines))
+    print(body)
+    if not args.no_results:
+        common.append_results("Distributed mode: consume → map → confirmed publish → ack (RabbitMQ)",
+                              [common.invocation()], body)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
