@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from bus.envelope import Envelope
+from bus.errors import TransportError
 
 
 class MessageState(StrEnum):
@@ -117,6 +118,24 @@ class Delivery(ABC):
     """One message handed to a consumer. Exactly one of complete / retry / dead ends it."""
 
     envelope: Envelope
+    _ended: bool = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def _check(self, envelope: Envelope, what: str) -> None:
+        """Engines call this first in every method: one ending per delivery, same message id."""
+        if self._ended:
+            raise TransportError(
+                f"message {self.envelope.id}: {what}() after the delivery ended; "
+                "call exactly one of complete / retry / dead per delivery"
+            )
+        if envelope.id != self.envelope.id:
+            raise ValueError(
+                f"message {self.envelope.id}: {what}() got envelope {envelope.id}; "
+                "derive it with evolve() so the id stays"
+            )
 
     @abstractmethod
     async def checkpoint(self, envelope: Envelope, entries: Sequence[LedgerEntry] = ()) -> None:

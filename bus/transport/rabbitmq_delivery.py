@@ -23,7 +23,6 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from bus.envelope import Envelope
-from bus.errors import TransportError
 from bus.transport.base import Delivery, LedgerEntry, MessageState
 from bus.transport.entries import (
     check_ending,
@@ -105,22 +104,6 @@ class RabbitDelivery(Delivery):
         self._gen = stored.gen if stored else int((message.headers or {}).get(H_GEN, 0))  # type: ignore[arg-type]
         self._created_at = stored.created_at if stored else t.clock()
         self._ended = False
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    def _check(self, envelope: Envelope, what: str) -> None:
-        if self._ended:
-            raise TransportError(
-                f"message {self.envelope.id}: {what}() after the delivery ended; "
-                "call exactly one of complete / retry / dead per delivery"
-            )
-        if envelope.id != self.envelope.id:
-            raise ValueError(
-                f"message {self.envelope.id}: {what}() got envelope {envelope.id}; "
-                "derive it with evolve() so the id stays"
-            )
 
     async def _end(self, envelope: Envelope, outbox: list[dict], **update: object) -> None:
         """Record (Redis), publish the outbox (confirmed), mark sent, ack — see the module doc."""

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bus.envelope import Envelope
-from bus.errors import TransportError
 from bus.transport import sqlite_store as store
 from bus.transport.base import Delivery, LedgerEntry, MessageState
 from bus.transport.entries import (
@@ -37,22 +36,6 @@ class SqliteDelivery(Delivery):
         self.current = envelope
         self._t = transport
         self._ended = False
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    def _check(self, envelope: Envelope, what: str) -> None:
-        if self._ended:
-            raise TransportError(
-                f"message {self.envelope.id}: {what}() after the delivery ended; "
-                "call exactly one of complete / retry / dead per delivery"
-            )
-        if envelope.id != self.envelope.id:
-            raise ValueError(
-                f"message {self.envelope.id}: {what}() got envelope {envelope.id}; "
-                "derive it with evolve() so the id stays"
-            )
 
     async def _end(self, work, after) -> None:
         self._ended = True  # claimed now so a second ending call fails fast
