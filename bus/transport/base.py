@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import structlog
+
 from bus.envelope import Envelope
 from bus.errors import TransportError
 
@@ -169,6 +171,31 @@ class Delivery(ABC):
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+
+
+async def run_handler(
+    handler: Handler,
+    delivery: Delivery,
+    crash_retry: Callable[[str], Awaitable[None]],
+    passthrough: tuple[type[BaseException], ...] = (),
+) -> None:
+    """The contract every engine keeps: a handler that raises, or returns without ending its
+    delivery, is logged and its message retried later (``crash_retry(reason)``).
+    ``passthrough`` errors (the engine's own outages) propagate instead."""
+    env = delivery.envelope
+    try:
+        await handler(delivery)
+        if not delivery.ended:
+            await crash_retry("handler returned without complete/retry/dead")
+    except passthrough:
+        raise
+    except Exception as exc:
+        structlog.get_logger("tieline.transport").error(
+            "transport.handler_crashed", message_id=env.id, flow=env.flow, cursor=env.cursor,
+            attempt=env.attempt, exc_info=exc,
+        )
+        if not delivery.ended:
+            await crash_retry(f"handler crashed: {type(exc).__name__}: {exc}")
 
 
 class Transport(ABC):

@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from bus.envelope import Envelope
 from bus.errors import TransportError
 from bus.transport import rabbitmq_topology as topo
-from bus.transport.base import Handler, LedgerEntry
+from bus.transport.base import Handler, LedgerEntry, run_handler
 from bus.transport.rabbitmq_delivery import RabbitDelivery, admit
 from bus.transport.rabbitmq_publisher import H_DUE, H_GEN, OUTAGE
 
@@ -67,23 +67,8 @@ async def _run(
         await t.ack(message)
         return
     delivery = RabbitDelivery(t, message, admission.envelope, admission.stored)
-    try:
-        await handler(delivery)
-        if not delivery.ended:
-            await _crash_retry(t, delivery, "handler returned without complete/retry/dead")
-    except (TransportError, *OUTAGE):
-        raise
-    except Exception as exc:  # the contract: a raising handler is logged and retried later
-        log.error(
-            "transport.handler_crashed",
-            message_id=envelope.id,
-            flow=envelope.flow,
-            cursor=envelope.cursor,
-            attempt=envelope.attempt,
-            exc_info=exc,
-        )
-        if not delivery.ended:
-            await _crash_retry(t, delivery, f"handler crashed: {type(exc).__name__}: {exc}")
+    await run_handler(handler, delivery, lambda why: _crash_retry(t, delivery, why),
+                      passthrough=(TransportError, *OUTAGE))
 
 
 async def _crash_retry(t: RabbitTransport, delivery: RabbitDelivery, error: str) -> None:

@@ -27,6 +27,7 @@ from bus.transport.base import (
     MessageState,
     PublishResult,
     Transport,
+    run_handler,
 )
 from bus.transport.entries import received_entry
 from bus.transport.sqlite_delivery import SqliteDelivery
@@ -218,20 +219,7 @@ class SqliteTransport(Transport):
     ) -> None:
         delivery = SqliteDelivery(self, envelope)
         try:
-            await handler(delivery)
-            if not delivery.ended:
-                await self._crash_retry(delivery, "handler returned without complete/retry/dead")
-        except Exception as exc:  # the contract: a raising handler is logged and retried later
-            log.error(
-                "transport.handler_crashed",
-                message_id=envelope.id,
-                flow=envelope.flow,
-                cursor=envelope.cursor,
-                attempt=envelope.attempt,
-                exc_info=exc,
-            )
-            if not delivery.ended:
-                await self._crash_retry(delivery, f"handler crashed: {type(exc).__name__}: {exc}")
+            await run_handler(handler, delivery, lambda why: self._crash_retry(delivery, why))
         finally:
             slots.release()
 
