@@ -262,8 +262,9 @@ def append_results(title: str, commands: list[str], body: str) -> None:
     cmds = "\n".join(commands)
     section = (f"\n## {title} — {when}\n\nMachine: {machine()}\n\n```\n{cmds}\n```\n\n"
                f"{body.rstrip()}\n")
-    with RESULTS.open("a") as f:
-        f.write(section)
+    if os.environ.get("TIELINE_BENCH_DRY") != "1":  # 1: print only, for A/B experiments
+        with RESULTS.open("a") as f:
+            f.write(section)
     print(section)
 
 
