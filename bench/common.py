@@ -173,6 +173,12 @@ def start_tieline(config: Path, port: int, log: Path | None = None, *,
     return proc
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time ``pid`` has used so far, from /proc (Linux); its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of ``pid`` in KiB, from /proc (Linux)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -183,10 +183,12 @@ def main() -> None:
                     cmd = wrk_cmd(servers[name][0], pool, args)
                     if rnd == 0:
                         cmds.append(f"# {name}\n" + " ".join(cmd))
+                    cpu0 = c.cpu_seconds(servers[name][1].pid)
                     r = run_wrk(cmd, args.duration + 60)
+                    r["cpu_us"] = (c.cpu_seconds(servers[name][1].pid) - cpu0) / max(r["n202"], 1) * 1e6
                     runs[name].append(r)
                     print(f"round {rnd + 1} {name:8s} {r['ok_rps']:8.0f} req/s (202)  "
-                          f"p50 {r['p50_us'] / 1000:6.1f} ms  p99 {r['p99_us'] / 1000:6.1f} ms  "
+                          f"cpu {r['cpu_us']:6.0f} µs/req  p50 {r['p50_us'] / 1000:6.1f} ms  p99 {r['p99_us'] / 1000:6.1f} ms  "
                           f"non-202 {r['n200'] + r['nother']}  errors {r['errors_timeout'] + r['errors_read']}")
             backlog = httpx.get(f"http://127.0.0.1:{servers['tieline'][0]}/readyz").json()
             rss = {n: c.rss_kib(servers[n][1].pid) // 1024 for n in names}
@@ -200,11 +202,13 @@ def main() -> None:
 def report(runs: dict[str, list[dict]], args: argparse.Namespace, backlog: dict, rss: dict) -> str:
     out = [f"wrk -t{args.threads} -c{args.connections}, {args.duration} s per run, {args.rounds} "
            f"rounds alternated; sync={args.sync}; 202 req/s (tieline: first-time ids only).\n",
-           "| server | median req/s | runs req/s | median p50 ms | median p99 ms | non-202 | RSS MiB |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+           "| server | median req/s | runs req/s | median CPU µs/req | median p50 ms | median p99 ms "
+           "| non-202 | RSS MiB |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, rs in runs.items():
         each = ", ".join(f"{r['ok_rps']:.0f}" for r in rs)
         out.append(f"| {name} | {c.median([r['ok_rps'] for r in rs]):.0f} | {each} | "
+                   f"{c.median([r['cpu_us'] for r in rs]):.0f} | "
                    f"{c.median([r['p50_us'] / 1000 for r in rs]):.1f} | "
                    f"{c.median([r['p99_us'] / 1000 for r in rs]):.1f} | "
                    f"{sum(r['n200'] + r['nother'] for r in rs)} | {rss[name]} |")

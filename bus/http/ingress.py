@@ -67,7 +67,7 @@ def routes(runtime: Runtime) -> list[Route]:
                 headers=headers,
                 query=_query(request),
                 body=body,
-                client_ip=request.client.host if request.client else "",
+                client_ip=client_ip,
             )
             connector.verify(inbound)
             events = connector.parse(inbound)

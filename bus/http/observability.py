@@ -69,7 +69,8 @@ class RequestCounter:
             # The router leaves the matched route in the scope: no second matching pass.
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.runtime.metrics.ingress.labels(template, str(status["code"])).inc()
+            m = self.runtime.metrics
+            m.child(m.ingress, template, str(status["code"])).inc()
 
 
 def _template(scope: Scope) -> str:
