@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -244,10 +245,16 @@ class Runtime:
                 **tls,
             )
         )
+        sockets = None
+        if self.config.settings.transport != "embedded":
+            # Several `tieline serve` processes may share one port (the kernel spreads the
+            # connections): with a broker there is no per-process state to keep apart. The
+            # embedded transport is one SQLite file in one process, so it keeps the plain bind.
+            sockets = [_shared_listener(server.config.host, server.config.port)]
         await self.start(consume=consume)
         background = self._reload_triggers(config_path, watch)
         try:
-            await server.serve()
+            await server.serve(sockets=sockets)
         finally:
             for task in background:
                 task.cancel()
@@ -286,6 +293,23 @@ class Runtime:
         if watch:
             tasks.append(asyncio.ensure_future(self.reloader.watch()))
         return tasks
+
+
+def _shared_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket with SO_REUSEPORT, so other processes can bind the same port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):  # Linux and the BSDs; elsewhere one process per port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise TielineError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
 
 
 def run(
