@@ -81,6 +81,9 @@ def start_servers(tmp: Path, args: argparse.Namespace) -> dict[str, tuple[int, s
                        cwd=cfg.parent, log=tmp / "nodelivery.log")
         c.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
         servers["tieline-no-delivery"] = (port, proc)
+    for name in ("tieline-rabbit", "tieline-rabbit-x2"):
+        if name in args.servers:
+            servers.update(start_rabbit_servers(tmp, name, f"http://127.0.0.1:{sink_port}", args))
     port = c.free_port()
     bare = c.spawn([c.PY, "-m", "uvicorn", "bare_app:app", "--app-dir", str(c.BENCH), "--host",
                     "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
@@ -95,6 +98,56 @@ def start_servers(tmp: Path, args: argparse.Namespace) -> dict[str, tuple[int, s
         c.wait_http(f"http://127.0.0.1:{port}/healthz", nr)
         servers["nodered"] = (port, nr)
     return servers
+
+
+RABBIT_SETTINGS = """settings:
+  transport: rabbitmq
+  amqp_url: "amqp://guest:guest@127.0.0.1:5672/"
+  redis_url: "redis://127.0.0.1:6379/0"
+  broker_prefix: {prefix}
+"""
+
+
+def start_rabbit_servers(tmp: Path, name: str, sink_url: str,
+                         args: argparse.Namespace) -> dict[str, tuple[int, subprocess.Popen]]:
+    """``tieline serve`` on the RabbitMQ transport (ingress only: publish confirmed, 202), one
+    process or two sharing the port (SO_REUSEPORT); no worker, the queue just fills."""
+    count = 2 if name.endswith("-x2") else 1
+    port = c.free_port()
+    prefix = f"bench-{name}-{uuid.uuid4().hex[:8]}"
+    cfg = c.write_config(tmp / name, port, sink_url, sync=args.sync)
+    cfg.write_text(cfg.read_text().replace("settings:\n", RABBIT_SETTINGS.format(prefix=prefix), 1))
+    procs = []
+    for i in range(count):
+        proc = c.spawn([c.TIELINE, "serve", str(cfg), "--port", str(port), "--log-level", "warning"],
+                       cwd=cfg.parent, log=tmp / f"{name}-{i}.log")
+        c.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        procs.append(proc)
+    RABBIT_PREFIXES.append(prefix)
+    out = {name: (port, procs[0])}
+    for i, proc in enumerate(procs[1:], 2):
+        out[f"{name}#{i}"] = (port, proc)  # stopped with the others; not measured on its own
+    return out
+
+
+RABBIT_PREFIXES: list[str] = []
+
+
+def drop_rabbit_queues() -> None:
+    """Delete the queues, exchanges and Redis keys the RabbitMQ servers made."""
+    import asyncio
+
+    from bus.transport.rabbitmq import RabbitTransport
+
+    async def drop(prefix: str) -> None:
+        t = RabbitTransport("amqp://guest:guest@127.0.0.1:5672/", "redis://127.0.0.1:6379/0",
+                            prefix=prefix, flows=["relay"])
+        await t.start()
+        await t.close(timeout=1)
+        await t.drop()
+
+    for prefix in RABBIT_PREFIXES:
+        asyncio.run(drop(prefix))
 
 
 def profile(servers: dict, tmp: Path, args: argparse.Namespace, signer: c.Signer) -> list[str]:
@@ -152,7 +205,9 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=40_000, help="pre-signed requests per run")
     ap.add_argument("--sync", default="full", choices=["full", "normal"])
     ap.add_argument("--servers", default="bare,tieline,tieline-no-delivery,nodered",
-                    help="comma-separated; tieline-no-delivery = the bus with its consumer off")
+                    help="comma-separated; tieline-no-delivery = the bus with its consumer off; "
+                         "tieline-rabbit / tieline-rabbit-x2 = `tieline serve` on RabbitMQ, "
+                         "1 or 2 processes on one port")
     ap.add_argument("--profile", action="store_true", help="py-spy instead of the comparison")
     ap.add_argument("--profile-target", default="tieline",
                     choices=["tieline", "tieline-no-delivery"])
@@ -195,6 +250,7 @@ def main() -> None:
         finally:
             for _, proc in servers.values():
                 c.stop(proc)
+            drop_rabbit_queues()
     c.append_results("Ingress: signed webhook → committed → 202", [c.invocation(), *cmds],
                      report(runs, args, backlog, rss))
 
@@ -220,9 +276,14 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace, backlog: dict,
             out.append(f"- tieline / {other}: median ratio {c.median(ratios):.2f} "
                        f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})")
     out.append(f"- tieline backlog after the runs: {backlog.get('backlog')}")
-    out.append("- 2 tieline processes on one port: not supported (uvicorn workers are not wired, "
-               "no SO_REUSEPORT, and the embedded transport is one SQLite file per process); "
-               "measured 1 process.")
+    if "tieline-rabbit" in runs and "tieline-rabbit-x2" in runs:
+        ratios = [b["ok_rps"] / a["ok_rps"] for a, b in
+                  zip(runs["tieline-rabbit"], runs["tieline-rabbit-x2"], strict=True)]
+        out.append(f"- RabbitMQ transport, 2 `tieline serve` processes on one port / 1: median "
+                   f"{c.median(ratios):.2f} (per round: {', '.join(f'{x:.2f}' for x in ratios)})")
+    out.append("- The embedded transport runs in 1 process (one SQLite file, one writer); "
+               "ingress scales out across processes on the RabbitMQ transport (tieline-rabbit*). "
+               "A tieline-rabbit* CPU figure is its first process only.")
     return "\n".join(out)
 
 
