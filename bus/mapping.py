@@ -17,120 +17,32 @@ from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 from typing import Any
 
-import jmespath
 import orjson
-from jmespath import exceptions as jexc
 
-from bus.errors import MappingError, TielineError
-from bus.functions import FunctionError, TielineFunctions, compile_ast, to_text
-from bus.template import TemplateError, split_template
+from bus.compiler import Evaluator, constant
+from bus.errors import MappingError
+from bus.expression import (
+    DEFAULT_FUNCTIONS,
+    RUNTIME_ERRORS,
+    Expression,
+    MappingSpecError,
+    SpecPath,
+    compile_expression,
+    compile_source,
+)
+from bus.functions import TielineFunctions
+from bus.template import TemplateError, compile_template
 
-SpecPath = list[str | int]
-_DEFAULT_FUNCTIONS = TielineFunctions()  # system clock; callers (and tests) may pass their own
-_RUNTIME_ERRORS = (jexc.JMESPathError, FunctionError)
+__all__ = [
+    "Expression",
+    "FieldTrace",
+    "Mapping",
+    "MappingSpecError",
+    "compile_expression",
+    "compile_mapping",
+]  # Expression, compile_expression and MappingSpecError live in bus.expression
 _TOP_KEYS = ("vars", "base", "fields", "omit_null", "description")
 _SOURCE_KEYS = ("expr", "const", "template")
-
-
-class MappingSpecError(TielineError):
-    """A mapping spec is invalid. ``path`` locates the problem inside the spec."""
-
-    def __init__(self, message: str, path: SpecPath | None = None):
-        self.message = message
-        self.path: SpecPath = list(path or [])
-        super().__init__(f"{_render_path(self.path)}: {message}" if self.path else message)
-
-
-def _render_path(path: SpecPath) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part.isidentifier():
-            out += f".{part}" if out else part
-        else:
-            out += f"[{part!r}]"
-    return out
-
-
-def _is_truthy(value: Any) -> bool:
-    # JMESPath truthiness: false, null, "", [] and {} are false; 0 is true.
-    if value is None or value is False:
-        return False
-    return not (isinstance(value, str | list | dict) and not value)
-
-
-class Expression:
-    """A compiled JMESPath expression that knows tieline's functions."""
-
-    def __init__(self, source: str, fn: Callable[[Any], Any]):
-        self.source = source
-        self._fn = fn  # raw evaluator; raises JMESPath/Function errors unwrapped
-
-    def search(self, view: MappingABC[str, Any]) -> Any:
-        try:
-            return self._fn(view)
-        except _RUNTIME_ERRORS as exc:
-            raise MappingError(f"expression {self.source!r} failed: {exc}") from exc
-
-    def truthy(self, view: MappingABC[str, Any]) -> bool:
-        return _is_truthy(self.search(view))
-
-    def __repr__(self) -> str:
-        return f"Expression({self.source!r})"
-
-
-def compile_expression(
-    source: str, path: SpecPath | None = None, *, functions: TielineFunctions | None = None
-) -> Expression:
-    """Compile ``source``; a syntax error or an unknown function is a ``MappingSpecError``."""
-    funcs = functions or _DEFAULT_FUNCTIONS
-    if not isinstance(source, str) or not source.strip():
-        raise MappingSpecError("expected a JMESPath expression (a non-empty string)", path)
-    try:
-        ast = jmespath.compile(source).parsed
-    except jexc.JMESPathError as exc:
-        raise MappingSpecError(_parse_complaint(source, exc), path) from None
-    _check_functions(ast, funcs, source, path)
-    return Expression(source, compile_ast(ast, funcs))
-
-
-def _parse_complaint(source: str, exc: jexc.JMESPathError) -> str:
-    if isinstance(exc, jexc.EmptyExpressionError):
-        return "expected a JMESPath expression, got an empty one"
-    if isinstance(exc, jexc.LexerError):
-        what, pos = exc.message, exc.lexer_position
-    else:
-        what, pos = getattr(exc, "msg", str(exc)), getattr(exc, "lex_position", 0)
-        if isinstance(exc, jexc.IncompleteExpressionError):
-            what = "the expression ends too early"
-    text = f"invalid JMESPath {source!r}: {what} at column {pos + 1}"
-    token = getattr(exc, "token_value", None)
-    if token in ("or", "and", "not"):
-        text += "; JMESPath writes or/and/not as ||, && and !"
-    elif "'" not in source and '"' in source:
-        text += "; string literals take single quotes ('text'), double quotes name fields"
-    return text
-
-
-def _check_functions(node: Any, funcs: TielineFunctions, source: str, path: SpecPath | None):
-    # JMESPath only finds unknown functions when it calls them; we want a load error instead.
-    if not isinstance(node, dict):
-        return
-    if node.get("type") == "function_expression":
-        name, argc = node["value"], len(node["children"])
-        if name not in funcs.FUNCTION_TABLE:
-            close = difflib.get_close_matches(name, funcs.names(), n=1)
-            hint = f" (did you mean {close[0]}()?)" if close else ""
-            raise MappingSpecError(f"unknown function {name}() in {source!r}{hint}", path)
-        low, high = funcs.arity(name)
-        if argc < low or (high is not None and argc > high):
-            want = f"{low}" if low == high else f"{low} to {high}" if high else f"at least {low}"
-            raise MappingSpecError(
-                f"{name}() takes {want} argument(s), got {argc} in {source!r}", path
-            )
-    for child in node.get("children", ()):
-        _check_functions(child, funcs, source, path)
 
 
 @dataclass(frozen=True)
@@ -152,6 +64,10 @@ class _Field:
     has_default: bool
     default: Any
     copy_default: bool
+    reads_vars: bool  # may still read 'vars' from the view (see compile_source)
+
+
+_NO_DEFAULT = object()  # a field without a default (None is a default: keep the null)
 
 
 class Mapping:
@@ -164,90 +80,100 @@ class Mapping:
         base: Expression | None,
         fields: tuple[_Field, ...],
         omit_null: bool,
+        view_needs_vars: bool = True,
     ):
         self.name = name
         self.vars = vars
         self.base = base
         self.fields = fields
         self.omit_null = omit_null
-        # head: the only key of a one-level target; second: set for two-level ones.
+        # Reads of vars.NAME are compiled in as constants; the view gets a copy with 'vars'
+        # only for expressions that may still look at it (e.g. '@' or '*').
+        self._add_vars = bool(vars) and view_needs_vars
+        # Per field: head is the key of a one-level target or the first of a two-level one
+        # (then second is set); deeper targets (head None) go through _put.
         self._plan = tuple(
             (
                 f.evaluate,
                 f.keys[0] if len(f.keys) <= 2 else None,
                 f.keys[1] if len(f.keys) == 2 else None,
-                f.has_default,
-                f.default,
-                f.copy_default,
+                f.default if f.has_default else _NO_DEFAULT,
                 f,
             )
             for f in fields
         )
 
-    def _start(self, view: MappingABC[str, Any]) -> tuple[MappingABC[str, Any], dict[str, Any]]:
-        if self.vars:
+    def apply(self, view: MappingABC[str, Any]) -> Any:
+        if self._add_vars:
             view = {**view, "vars": self.vars}
-        if self.base is None:
-            return view, {}
+        if self.base is not None:
+            return self._fill(view, self._start(view), None)
+        out: dict[str, Any] = {}
+        omit_null = self.omit_null
+        field = None
+        try:
+            # Plain tuples unpacked in the loop: this is the per-message hot path.
+            for evaluate, head, second, default, field in self._plan:
+                value = evaluate(view)
+                if value is None:
+                    if default is not _NO_DEFAULT:
+                        value = copy.deepcopy(default) if field.copy_default else default
+                    elif omit_null:
+                        continue
+                if second is not None:  # no base: every dict in `out` is ours
+                    node = out.get(head)
+                    if node is None:
+                        out[head] = {second: value}
+                    else:
+                        node[second] = value
+                elif head is not None:
+                    out[head] = value
+                else:
+                    self._put(out, field, value, None)
+        except RUNTIME_ERRORS as exc:
+            raise self._error(field.target, field.source, exc) from exc
+        return out
+
+    def explain(self, view: MappingABC[str, Any]) -> tuple[Any, list[FieldTrace]]:
+        """Like ``apply``, and also how every field (kept or omitted) got its value."""
+        if self._add_vars:
+            view = {**view, "vars": self.vars}
+        traces: list[FieldTrace] = []
+        out = self._fill(view, {} if self.base is None else self._start(view), traces)
+        return out, traces
+
+    def _start(self, view: MappingABC[str, Any]) -> dict[str, Any]:
+        assert self.base is not None
         try:
             start = self.base._fn(view)
-        except _RUNTIME_ERRORS as exc:
+        except RUNTIME_ERRORS as exc:
             raise self._error("base", self.base.source, exc) from exc
         if not isinstance(start, dict):
             raise MappingError(
                 f"mapping '{self.name}': base {self.base.source!r} gave "
                 f"{type(start).__name__}, not an object; point base at an object in the message"
             )
-        return view, dict(start)
+        return dict(start)
 
-    def apply(self, view: MappingABC[str, Any]) -> Any:
-        view, out = self._start(view)
+    def _fill(
+        self, view: MappingABC[str, Any], out: dict[str, Any], traces: list[FieldTrace] | None
+    ) -> dict[str, Any]:
+        # The general path (a base, explain): every field through _put; with a base, nested
+        # objects are copied before the first write into them.
         owned = None if self.base is None else {id(out)}
-        omit_null = self.omit_null
-        field = None
-        try:
-            # Plain tuples unpacked in the loop: this is the per-message hot path.
-            for evaluate, head, second, has_default, default, copy_default, field in self._plan:
-                value = evaluate(view)
-                if value is None:
-                    if has_default:
-                        value = copy.deepcopy(default) if copy_default else default
-                    elif omit_null:
-                        continue
-                if second is None:
-                    if head is not None:
-                        out[head] = value
-                    else:
-                        self._put(out, field, value, owned)
-                elif owned is None:  # two levels, no base: every dict in `out` is ours
-                    node = out.get(head)
-                    if node is None:
-                        out[head] = {second: value}
-                    else:
-                        node[second] = value
-                else:
-                    self._put(out, field, value, owned)
-        except _RUNTIME_ERRORS as exc:
-            raise self._error(field.target, field.source, exc) from exc
-        return out
-
-    def explain(self, view: MappingABC[str, Any]) -> tuple[Any, list[FieldTrace]]:
-        """Like ``apply``, and also how every field (kept or omitted) got its value."""
-        view, out = self._start(view)
-        owned = None if self.base is None else {id(out)}
-        traces: list[FieldTrace] = []
         for field in self.fields:
             try:
                 value = field.evaluate(view)
-            except _RUNTIME_ERRORS as exc:
+            except RUNTIME_ERRORS as exc:
                 raise self._error(field.target, field.source, exc) from exc
             used_default = value is None and field.has_default
             if used_default:
                 value = copy.deepcopy(field.default) if field.copy_default else field.default
-            traces.append(FieldTrace(field.target, field.source, value, used_default))
+            if traces is not None:
+                traces.append(FieldTrace(field.target, field.source, value, used_default))
             if value is not None or not self.omit_null:
                 self._put(out, field, value, owned)
-        return out, traces
+        return out
 
     def _put(self, out: dict[str, Any], field: _Field, value: Any, owned: set[int] | None):
         node = out
@@ -283,7 +209,7 @@ def compile_mapping(
     name: str, spec: MappingABC[str, Any], functions: TielineFunctions | None = None
 ) -> Mapping:
     """Compile a mapping spec; every problem is a ``MappingSpecError`` with its spec path."""
-    funcs = functions or _DEFAULT_FUNCTIONS
+    funcs = functions or DEFAULT_FUNCTIONS
     if not isinstance(spec, MappingABC):
         raise MappingSpecError(f"a mapping is an object with 'fields', got {type(spec).__name__}")
     for key in spec:
@@ -292,20 +218,23 @@ def compile_mapping(
     vars_ = spec.get("vars") or {}
     if not isinstance(vars_, MappingABC):
         raise MappingSpecError("'vars' must be an object of name: value", ["vars"])
+    vars_ = dict(vars_)
     omit_null = spec.get("omit_null", True)
     if not isinstance(omit_null, bool):
         raise MappingSpecError("'omit_null' must be true or false", ["omit_null"])
-    base = None
+    base, base_reads_vars = None, False
     if spec.get("base") is not None:
-        base = compile_expression(spec["base"], ["base"], functions=funcs)
+        evaluate, base_reads_vars = compile_source(spec["base"], ["base"], funcs, vars_)
+        base = Expression(spec["base"], evaluate)
     raw_fields = spec.get("fields")
     if raw_fields is None and base is None:
         raise MappingSpecError("a mapping needs 'fields' (or a 'base' to copy)", ["fields"])
     if raw_fields is not None and not isinstance(raw_fields, MappingABC):
         raise MappingSpecError("'fields' must be an object of target: source", ["fields"])
-    fields = tuple(_compile_field(t, s, funcs) for t, s in (raw_fields or {}).items())
+    fields = tuple(_compile_field(t, s, funcs, vars_) for t, s in (raw_fields or {}).items())
     _check_overlaps(fields)
-    return Mapping(name, dict(vars_), base, fields, omit_null)
+    reads_vars = base_reads_vars or any(f.reads_vars for f in fields)
+    return Mapping(name, vars_, base, fields, omit_null, reads_vars)
 
 
 def _check_overlaps(fields: tuple[_Field, ...]) -> None:
@@ -329,7 +258,9 @@ def _unknown_key(key: Any, allowed: tuple[str, ...]) -> str:
     return f"unknown key '{key}'; {hint}"
 
 
-def _compile_field(target: Any, source: Any, funcs: TielineFunctions) -> _Field:
+def _compile_field(
+    target: Any, source: Any, funcs: TielineFunctions, vars: MappingABC[str, Any]
+) -> _Field:
     path: SpecPath = ["fields", str(target)]
     keys = _target_keys(target, path)
     has_default, default = False, None
@@ -354,9 +285,11 @@ def _compile_field(target: Any, source: Any, funcs: TielineFunctions) -> _Field:
             path,
         )
     source_path = path if isinstance(source, str) else [*path, kind]
-    evaluate, shown = _evaluator(kind, text, source_path, funcs)
+    evaluate, shown, reads_vars = _evaluator(kind, text, source_path, funcs, vars)
     copy_default = isinstance(default, list | dict)
-    return _Field(str(target), keys, shown, evaluate, has_default, default, copy_default)
+    return _Field(
+        str(target), keys, shown, evaluate, has_default, default, copy_default, reads_vars
+    )
 
 
 def _target_keys(target: Any, path: SpecPath) -> tuple[str, ...]:
@@ -375,17 +308,29 @@ def _target_keys(target: Any, path: SpecPath) -> tuple[str, ...]:
 
 
 def _evaluator(
-    kind: str, text: Any, path: SpecPath, funcs: TielineFunctions
-) -> tuple[Callable[[Any], Any], str]:
+    kind: str, text: Any, path: SpecPath, funcs: TielineFunctions, vars: MappingABC[str, Any]
+) -> tuple[Evaluator, str, bool]:
     if kind == "expr":
-        return compile_expression(text, path, functions=funcs)._fn, text
+        evaluate, reads_vars = compile_source(text, path, funcs, vars)
+        return evaluate, text, reads_vars
     if kind == "const":
         if isinstance(text, list | dict):
-            return (lambda _view: copy.deepcopy(text)), _show(text)
-        return (lambda _view: text), _show(text)
+            return (lambda _view: copy.deepcopy(text)), _show(text), False
+        return constant(text), _show(text), False
     if not isinstance(text, str):
         raise MappingSpecError("a template is a string with {expression} placeholders", path)
-    return _compile_template(text, path, funcs), text
+    reads: list[bool] = []
+
+    def placeholder(source: str) -> Evaluator:
+        evaluate, reads_vars = compile_source(source, path, funcs, vars)
+        reads.append(reads_vars)
+        return evaluate
+
+    try:
+        render = compile_template(text, placeholder)
+    except TemplateError as e:
+        raise MappingSpecError(str(e), path) from None
+    return render, text, any(reads)
 
 
 def _show(value: Any) -> str:
@@ -393,25 +338,3 @@ def _show(value: Any) -> str:
         return orjson.dumps(value).decode()
     except TypeError:
         return repr(value)
-
-
-def _compile_template(text: str, path: SpecPath, funcs: TielineFunctions) -> Callable[[Any], str]:
-    try:
-        literals, exprs = split_template(text)
-    except TemplateError as e:
-        raise MappingSpecError(str(e), path) from None
-    fns = [compile_expression(e, path, functions=funcs)._fn for e in exprs]
-    if not fns:
-        const = literals[0]
-        return lambda _view: const
-    pairs = tuple(zip(fns, literals[1:], strict=True))
-    head = literals[0]
-
-    def render(view: Any) -> str:
-        parts = [head]
-        for fn, tail in pairs:
-            parts.append(to_text(fn(view)))
-            parts.append(tail)
-        return "".join(parts)
-
-    return render

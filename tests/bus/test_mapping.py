@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bus.errors import MappingError
-from bus.functions import TielineFunctions
+from bus.functions import TielineFunctions, to_text
 from bus.mapping import (
     FieldTrace,
     MappingSpecError,
@@ -100,6 +100,49 @@ def test_vars_are_visible_to_expressions() -> None:
     }
     out = apply(fields, vars={"words": ["fraud", "lawyer"]})
     assert out == {"risky": True, "hits": ["lawyer"]}
+
+
+VARS = {"words": ["fraud", "lawyer"], "nums": [1, 2], "table": {"gold": "G"}}
+VARS_CASES = [
+    ("vars.words[1]", "lawyer", "index"),
+    ("vars.table.gold", "G", "path"),
+    ("get(vars.table, body.customer.tier)", "G", "lookup"),
+    ("vars", VARS, "whole"),
+    ("vars.nope.deeper", None, "missing"),
+    ("length(vars.words)", 2, "function"),
+    ("keys(@)", ["body", "headers", "context", "vars"], "root-keys"),
+    ("*.table.gold", ["G"], "root-wildcard"),
+    ("body.vars", None, "not-at-root"),
+]
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"), [c[:2] for c in VARS_CASES], ids=[c[2] for c in VARS_CASES]
+)
+def test_vars_read_any_way(expr: str, expected: Any) -> None:
+    """vars reads like part of the view, whether compiled in or looked up through '@' or '*'."""
+    view = copy.deepcopy(VIEW)
+    out = apply({"x": expr, "t": {"template": "{" + expr + "}"}}, view, vars=VARS)
+    assert out.get("x") == expected and out["t"] == to_text(expected)
+    assert view == VIEW  # 'vars' is never added to the caller's view
+
+
+def test_vars_of_the_wrong_type_fail_per_message() -> None:
+    """A var of the wrong type for a function is a MappingError when applied, as before."""
+    mapping = compile_mapping(
+        "m", {"vars": VARS, "fields": {"r": "contains_any(body.transcript, vars.nums)"}}
+    )
+    with pytest.raises(MappingError, match=r"field 'r'.*contains_any\(\)"):
+        mapping.apply(VIEW)
+
+
+def test_base_from_vars_is_copied() -> None:
+    """A base taken from vars is a copy: applying never changes the mapping's constants."""
+    mapping = compile_mapping(
+        "m", {"vars": {"start": {"kind": "call"}}, "base": "vars.start", "fields": {"n": "`1`"}}
+    )
+    assert mapping.apply(VIEW) == {"kind": "call", "n": 1}
+    assert mapping.vars == {"start": {"kind": "call"}}
 
 
 def test_base_is_merged_and_fields_override() -> None:
