@@ -1,6 +1,8 @@
-"""Client-side CPU per outbound HTTP request: httpx (what connectors use) vs aiohttp.
+"""Client-side CPU per outbound HTTP request: httpx, aiohttp and tieline's outbound client.
 
-Each client POSTs a small JSON body ``-n`` times, 16 at a time, to the latency sink on
+"tieline outbound client" is the client connectors get, built by ``bus.runtime.outbound_client``
+from a flows.yaml that allow-lists 127.0.0.1 (so the SSRF guard runs as in production). Each
+client POSTs a small JSON body ``-n`` times, 16 at a time, to the latency sink on
 loopback, in a child process; the figure is that process's CPU time (``time.process_time``)
 per request. CPU time suffers less than wall time from a shared machine. ``--sniffio DIR``
 adds a run of httpx with DIR on PYTHONPATH (a dir where sniffio is installed: httpcore 1.0.x
@@ -22,7 +24,7 @@ import common as c
 
 CLIENT = """
 import asyncio, sys, time
-N, URL, KIND = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+N, URL, KIND, CONFIG = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 
 async def run():
     sem = asyncio.Semaphore(16)
@@ -31,6 +33,14 @@ async def run():
         client = httpx.AsyncClient(base_url=URL)
         async def post():
             await client.post("/x", json={"sent": time.time()})
+    elif KIND == "tieline":
+        from bus.config.loader import load_config
+        from bus.runtime import outbound_client
+        from connectors.registry import ConnectorRegistry
+        config = load_config(CONFIG, connector_types=ConnectorRegistry.from_entry_points().types)
+        client = outbound_client(config)
+        async def post():
+            await client.post(URL + "/x", json={"sent": time.time()})
     else:
         import aiohttp
         client = aiohttp.ClientSession(URL)
@@ -44,20 +54,34 @@ async def run():
     t = time.process_time()
     await asyncio.gather(*(one() for _ in range(N)))
     print(f"CPU_US {(time.process_time() - t) / N * 1e6:.0f}")
-    await (client.aclose() if KIND == "httpx" else client.close())
+    await (client.close() if KIND == "aiohttp" else client.aclose())
 
 asyncio.run(run())
 """
 
 
-def one(kind: str, url: str, n: int, pythonpath: str | None) -> float:
+# The runtime's client as a deployment would build it: 127.0.0.1 allow-listed for the sink.
+CONFIG = """\
+version: 1
+settings:
+  data_dir: {data_dir}
+  outbound:
+    allow: ["127.0.0.1"]
+flows: {{}}
+"""
+
+
+def one(kind: str, url: str, n: int, pythonpath: str | None, config: Path) -> float:
     env = {"PYTHONPATH": pythonpath} if pythonpath else {}
-    out = subprocess.run([c.PY, "-c", CLIENT, str(n), url, kind], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, **env}).stdout
+    out = subprocess.run([c.PY, "-c", CLIENT, str(n), url, kind, str(config)], capture_output=True,
+                         text=True, timeout=300, cwd=c.ROOT, env={**os.environ, **env}).stdout
     m = re.search(r"CPU_US (\d+)", out)
     if not m:
         raise RuntimeError(f"client {kind} printed no figure: {out!r}")
     return float(m.group(1))
+
+
+NAMES = {"tieline": "tieline outbound client"}
 
 
 def main() -> None:
@@ -66,18 +90,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sniffio", default=None, help="a dir with sniffio installed")
     args = ap.parse_args()
-    variants = [("httpx", None), ("aiohttp", None)]
+    variants = [("httpx", None), ("tieline", None), ("aiohttp", None)]
     if args.sniffio:
         variants.insert(1, ("httpx", args.sniffio))
     runs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="tieline-client-") as d:
+        config = Path(d) / "flows.yaml"
+        config.write_text(CONFIG.format(data_dir=Path(d) / "data"))
         port = c.free_port()
         sink = c.start_sink(port, Path(d) / "sink.log")
         try:
             for _ in range(args.rounds):  # alternated, so drift in load hits every variant
                 for kind, path in variants:
-                    name = kind + (" + sniffio" if path else "")
-                    runs.setdefault(name, []).append(one(kind, f"http://127.0.0.1:{port}", args.n, path))
+                    name = NAMES.get(kind, kind) + (" + sniffio" if path else "")
+                    url = f"http://127.0.0.1:{port}"
+                    runs.setdefault(name, []).append(one(kind, url, args.n, path, config))
                     print(f"{name}: {runs[name][-1]:.0f} µs CPU per request")
         finally:
             c.stop(sink)
@@ -86,7 +113,7 @@ def main() -> None:
              "| --- | --- | --- |"]
     for name, rs in runs.items():
         lines.append(f"| {name} | {c.median(rs):.0f} | {', '.join(f'{r:.0f}' for r in rs)} |")
-    c.append_results("Outbound HTTP client CPU: httpx vs aiohttp", [c.invocation()], "\n".join(lines))
+    c.append_results("Outbound HTTP client CPU: httpx vs tieline's client vs aiohttp", [c.invocation()], "\n".join(lines))
 
 
 if __name__ == "__main__":

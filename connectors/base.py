@@ -223,17 +223,28 @@ class Connector:
 class OwnsHttpClient:
     """``start``/``close`` for connectors that call out with httpx: the runtime's shared client
     (``deps.http``, which guards private addresses) when given, else one of their own built with
-    ``settings.timeout``. Mix it in before :class:`Connector`; use ``self._client``."""
+    ``settings.timeout``. With ``settings.verify_tls`` false, the connector owns a sibling of the
+    shared client that skips certificate checks and keeps its address guard (a client without
+    ``unverified()``, such as a test double, is used as it is). Mix it in before
+    :class:`Connector`; use ``self._client``."""
 
     _client: httpx.AsyncClient | None = None
     _owns_client: bool = False
 
     async def start(self) -> None:
         if self._client is None:
-            deps = self.deps  # type: ignore[attr-defined]
-            timeout = getattr(getattr(self, "settings", None), "timeout", 10.0)
-            self._client = deps.http or httpx.AsyncClient(timeout=timeout)
-            self._owns_client = deps.http is None
+            shared = self.deps.http  # type: ignore[attr-defined]
+            settings = getattr(self, "settings", None)
+            verify = getattr(settings, "verify_tls", True)
+            if shared is None:
+                from bus.security.aiohttp_transport import aiohttp_client
+
+                timeout = getattr(settings, "timeout", 10.0)
+                self._client, self._owns_client = aiohttp_client(verify=verify, timeout=timeout), True
+            elif not verify and hasattr(shared, "unverified"):
+                self._client, self._owns_client = shared.unverified(), True
+            else:
+                self._client, self._owns_client = shared, False
 
     async def close(self) -> None:
         if self._owns_client and self._client is not None:

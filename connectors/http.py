@@ -26,6 +26,7 @@ from connectors.base import (
     CallContext,
     Connector,
     ConnectorDeps,
+    OwnsHttpClient,
     PermanentError,
     RetryableError,
     action,
@@ -185,7 +186,7 @@ def result_of(response: httpx.Response) -> Any:
     return {"status": response.status_code, "text": response.text}
 
 
-class HttpConnector(Connector):
+class HttpConnector(OwnsHttpClient, Connector):
     """Outbound REST calls to one base URL, with optional bearer, basic or API-key auth."""
 
     type_name = "http"
@@ -212,21 +213,6 @@ class HttpConnector(Connector):
     def __init__(self, name: str, settings: Mapping[str, Any], deps: ConnectorDeps | None = None):
         super().__init__(name, settings, deps)
         self.settings = HttpSettings.parse(settings)
-        self._client: httpx.AsyncClient | None = None
-        self._owns_client = False
-
-    async def start(self) -> None:
-        # An injected client is shared and has its own TLS settings; verify_tls: false needs our own.
-        if self.deps.http is not None and self.settings.verify_tls:
-            self._client = self.deps.http
-        elif self._client is None:
-            self._client = httpx.AsyncClient(verify=self.settings.verify_tls, timeout=self.settings.timeout)
-            self._owns_client = True
-
-    async def close(self) -> None:
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-        self._client, self._owns_client = None, False
 
     async def _client_ready(self) -> httpx.AsyncClient:
         if self._client is None:

@@ -1,24 +1,29 @@
 """Outbound request guard against SSRF: no private, loopback, link-local or reserved targets.
 
-The check runs where the socket is opened: :class:`GuardedTransport` hands httpcore a network
-backend that resolves the host once, checks every address and connects to a checked address
-itself. A DNS answer that changes between check and connect (DNS rebinding) therefore cannot
-redirect the connection; the URL is not rewritten, so Host, SNI and certificate checks still
-use the hostname. Redirects are the client's business: :func:`guarded_client` does not follow
-them unless asked, and each followed hop goes through the same check. Proxies are not used (a
-proxy would make the connection on our behalf, out of reach of the check).
+The check runs where connections are made. :class:`GuardedTransport` sends requests with aiohttp
+(:mod:`bus.security.aiohttp_transport`) through a :class:`GuardedResolver`: it resolves the host
+once, checks every answer and hands aiohttp only the allowed addresses, so aiohttp dials exactly
+what was checked and a DNS answer that changes between check and connect (DNS rebinding) cannot
+redirect the connection. aiohttp dials an IP-address host without asking the resolver, so the
+transport checks those before sending; as a backstop the socket factory refuses any address the
+guard has not allowed. The URL is not rewritten, so Host, SNI and certificate checks still use
+the hostname. Redirects are the client's business: :func:`guarded_client` does not follow them
+unless asked, and each followed hop goes through the same check. Proxies and unix sockets are
+not used (a proxy would make the connection on our behalf, out of reach of the check).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-import anyio
-import httpcore
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from bus.security.aiohttp_transport import DEFAULT_LIMITS, AiohttpTransport
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
@@ -33,7 +38,7 @@ class BlockedAddressError(httpx.RequestError):
 
 async def system_resolver(host: str, port: int) -> list[str]:
     """Addresses for ``host`` from the operating system's resolver."""
-    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
 
 
@@ -60,105 +65,158 @@ class AddressPolicy:
         self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in allow_cidrs)
 
     def allows(self, host: str, ip: IP) -> bool:
-        if host.lower().rstrip(".") in self.hosts:
-            return True
+        return self.allows_host(host) or self.allows_ip(ip)
+
+    def allows_host(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.hosts
+
+    def allows_ip(self, ip: IP) -> bool:
         return any(ip in net for net in self.networks) or is_public(ip)
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that connects only to addresses the policy allows."""
+def _refused(host: str, what: str) -> BlockedAddressError:
+    return BlockedAddressError(
+        f"outbound request to {host!r} refused: {what}, which is private, loopback, link-local "
+        "or reserved; allow-list the host or CIDR if this destination is intended")
 
-    def __init__(self, policy: AddressPolicy, resolver: Resolver = system_resolver,
-                 backend: httpcore.AsyncNetworkBackend | None = None):
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver hook: resolve once, return only the addresses the policy allows.
+
+    Also checks IP-address hosts (:meth:`check_host`) and every socket aiohttp opens
+    (:meth:`socket`), so nothing reaches an address the policy refuses.
+    """
+
+    def __init__(self, policy: AddressPolicy, resolver: Resolver = system_resolver):
         self.policy, self.resolver = policy, resolver
-        self.backend = backend or httpcore.AnyIOBackend()
+        self._hosts: dict[str, bool] = {}  # URL host -> may be sent (names go to resolve())
+        self._vouched: set[str] = set()  # addresses allowed for an allow-listed host name
 
     async def checked_addresses(self, host: str, port: int) -> list[str]:
-        """The allowed addresses for ``host``; BlockedAddressError if there are none."""
-        try:
-            answers = [host] if _literal(host) else list(await self.resolver(host, port))
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host!r}: {exc}") from exc
+        """The allowed addresses for ``host``; BlockedAddressError if there are none.
+
+        A failed lookup is an ``OSError``, which aiohttp reports as a DNS (connect) error.
+        """
+        answers = list(await self.resolver(host, port))
         allowed, refused = [], []
+        vouch = self.policy.allows_host(host)
         for answer in answers:
             ip = ipaddress.ip_address(answer.split("%")[0])  # drop an IPv6 zone id
-            (allowed if self.policy.allows(host, ip) else refused).append(str(ip))
+            (allowed if vouch or self.policy.allows_ip(ip) else refused).append(str(ip))
         if not allowed:
-            raise BlockedAddressError(
-                f"outbound request to {host!r} refused: it resolves to {refused or 'nothing'}, "
-                "which is private, loopback, link-local or reserved; allow-list the host or "
-                "CIDR if this destination is intended")
+            raise _refused(host, f"it resolves to {refused or 'nothing'}")
+        if vouch:
+            self._vouched.update(allowed)
         return allowed
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: typing.Iterable[typing.Any] | None = None
-                          ) -> httpcore.AsyncNetworkStream:
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        return [{"hostname": host, "host": ip, "port": port, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST,
+                 "family": socket.AF_INET6 if ":" in ip else socket.AF_INET}
+                for ip in await self.checked_addresses(host, port)]
+
+    async def close(self) -> None:
+        pass
+
+    def check_host(self, host: str) -> None:
+        """Refuse a URL whose host is an address the policy does not allow.
+
+        aiohttp treats a host with a colon or only digits and dots as an address and dials it
+        without resolving; those are checked here (and one that is not a plain address, such as
+        ``127.1``, is refused). Names pass: :meth:`resolve` checks them.
+        """
+        ok = self._hosts.get(host)
+        if ok is None:
+            ok = self._check_literal(host)
+            if len(self._hosts) >= 1024:  # bounded: a bus calls a handful of hosts
+                self._hosts.clear()
+            self._hosts[host] = ok
+        if not ok:
+            raise _refused(host, "it is not an allowed address")
+
+    def _check_literal(self, host: str) -> bool:
+        if ":" not in host and not host.replace(".", "").isdigit():
+            return True
         try:
-            with anyio.fail_after(timeout):
-                addresses = await self.checked_addresses(host, port)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"resolving {host!r} timed out") from None
-        last: Exception | None = None
-        for address in addresses:  # connect to what was checked, never re-resolve the name
-            try:
-                return await self.backend.connect_tcp(address, port, timeout, local_address,
-                                                      socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        assert last is not None
-        raise last
+            ip = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        if self.policy.allows_host(host):
+            self._vouched.add(str(ip))
+            return True
+        return self.policy.allows_ip(ip)
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: typing.Iterable[typing.Any] | None = None
-                                  ) -> httpcore.AsyncNetworkStream:
-        raise BlockedAddressError("outbound requests over unix sockets are not allowed")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.backend.sleep(seconds)
+    def socket(self, addr_info: tuple) -> socket.socket:
+        """aiohttp's socket factory: a socket only for an address this guard allowed."""
+        family, type_, proto, _, address = addr_info
+        ip = ipaddress.ip_address(address[0].split("%")[0])
+        if not (str(ip) in self._vouched or self.policy.allows_ip(ip)):
+            raise _refused(str(ip), "the connection would reach an address never checked")
+        return socket.socket(family=family, type=type_, proto=proto)
 
 
-def _literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return False
-    return True
-
-
-_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-
-
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """``httpx.AsyncHTTPTransport`` whose connections go through :class:`GuardedBackend`.
+class GuardedTransport(AiohttpTransport):
+    """:class:`AiohttpTransport` whose connections go only to addresses the policy allows.
 
     ``resolver`` is an ``async (host, port) -> [ip, ...]``; tests pass a stub here.
     """
 
     def __init__(self, *, allow_hosts: Iterable[str] = (), allow_cidrs: Iterable[str] = (),
                  resolver: Resolver = system_resolver, verify: typing.Any = True,
-                 http1: bool = True, http2: bool = False, limits: httpx.Limits = _LIMITS,
-                 retries: int = 0):
-        super().__init__(verify=verify, trust_env=False, http1=http1, http2=http2,
-                         limits=limits, retries=retries)
-        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
-            # Fail closed: without our pool requests would bypass the check.
-            raise RuntimeError("netguard: this httpx version keeps its connection pool elsewhere; "
-                               "pin httpx to a version GuardedTransport supports")
-        self.backend = GuardedBackend(AddressPolicy(allow_hosts, allow_cidrs), resolver)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry, http1=http1, http2=http2,
-            retries=retries, network_backend=self.backend)
+                 limits: httpx.Limits = DEFAULT_LIMITS):
+        self.guard = GuardedResolver(AddressPolicy(allow_hosts, allow_cidrs), resolver)
+        super().__init__(verify=verify, limits=limits, resolver=self.guard,
+                         socket_factory=self.guard.socket)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.guard.check_host(request.url.raw_host.decode("ascii"))
+        return await super().handle_async_request(request)
+
+
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing from responses."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+class GuardedClient(httpx.AsyncClient):
+    """The client :func:`guarded_client` returns; it remembers how it was built.
+
+    It keeps no cookies from responses: shared by every connector, it must not send one
+    connector's session cookie along with another's calls to the same host (and parsing
+    ``Set-Cookie`` on every response cost a fifth of the client's CPU). Cookies given to the
+    client, or per request, are still sent.
+    """
+
+    def __init__(self, options: dict[str, typing.Any], **kwargs: typing.Any):
+        self.options = options
+        super().__init__(**kwargs)
+        self.cookies = kwargs.get("cookies")
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._kept
+
+    @cookies.setter
+    def cookies(self, cookies: typing.Any) -> None:
+        self._kept = _NoCookies(cookies)  # given ones are sent; answers add none
+
+    def unverified(self) -> GuardedClient:
+        """A new client with the same address policy and settings that does not verify TLS
+        certificates (for a host with a self-signed certificate); the caller closes it."""
+        return guarded_client(**{**self.options, "verify": False})
 
 
 def guarded_client(*, allow_hosts: Iterable[str] = (), allow_cidrs: Iterable[str] = (),
                    resolver: Resolver = system_resolver, follow_redirects: bool = False,
-                   verify: typing.Any = True, **kwargs: typing.Any) -> httpx.AsyncClient:
+                   verify: typing.Any = True, limits: httpx.Limits = DEFAULT_LIMITS,
+                   **kwargs: typing.Any) -> GuardedClient:
     """An ``httpx.AsyncClient`` whose every connection (and followed redirect) is checked."""
+    options = dict(allow_hosts=allow_hosts, allow_cidrs=allow_cidrs, resolver=resolver,
+                   follow_redirects=follow_redirects, verify=verify, limits=limits, **kwargs)
     transport = GuardedTransport(allow_hosts=allow_hosts, allow_cidrs=allow_cidrs,
-                                 resolver=resolver, verify=verify)
-    return httpx.AsyncClient(transport=transport, follow_redirects=follow_redirects,
-                             trust_env=False, **kwargs)
+                                 resolver=resolver, verify=verify, limits=limits)
+    return GuardedClient(options, transport=transport, follow_redirects=follow_redirects,
+                         trust_env=False, **kwargs)

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 import ssl
 from collections.abc import Iterable, Sequence
 
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.responses import RedirectResponse
+from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route
 
-from bus.security.netguard import BlockedAddressError, guarded_client, is_public
+from bus.security.netguard import (
+    AddressPolicy,
+    BlockedAddressError,
+    GuardedResolver,
+    guarded_client,
+    is_public,
+)
 from bus.security.tls import server_ssl_context
-from connectors.testing.server import serve_app
+from connectors.testing.server import free_port, serve_app
 
 from .conftest import HELLO, serve_tls
 
@@ -153,3 +161,105 @@ async def test_unresolvable_host_is_a_connect_error() -> None:
     async with http:
         with pytest.raises(httpx.ConnectError, match="cannot resolve 'nowhere.test'"):
             await http.get("http://nowhere.test/")
+
+
+@pytest.mark.parametrize("answer", ["10.0.0.1", "127.0.0.1", "::ffff:127.0.0.1"],
+                         ids=["private", "loopback", "v4-mapped-loopback"])
+async def test_blocked_answer_reaches_the_caller_as_blocked(answer: str) -> None:
+    """Refused, the caller sees BlockedAddressError itself, not a (retryable) transport error."""
+    http, _ = client({"svc.test": [answer]})
+    async with http:
+        with pytest.raises(BlockedAddressError) as caught:
+            await http.get("http://svc.test:9/")
+    assert caught.type is BlockedAddressError and not isinstance(caught.value, httpx.TransportError)
+    assert str(ipaddress.ip_address(answer)) in str(caught.value)
+
+
+async def test_redirect_to_a_private_address_literal_is_refused() -> None:
+    """A followed redirect to an IP-address URL is checked like the first hop."""
+    async def jump(request):
+        return RedirectResponse(f"http://10.0.0.1:{request.url.port}/", 307)
+
+    async with serve_app(Starlette(routes=[Route("/", jump)])) as url:
+        port = httpx.URL(url).port
+        http, _ = client({"svc.test": ["127.0.0.1"]}, allow_hosts=["svc.test"],
+                         follow_redirects=True)
+        async with http:
+            with pytest.raises(BlockedAddressError, match="10.0.0.1"):
+                await http.get(f"http://svc.test:{port}/")
+
+
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f.1"], ids=["short", "integer", "hex"])
+async def test_odd_address_spellings_are_refused(host: str) -> None:
+    """Numeric hosts that are not plain addresses (libc reads them as 127.0.0.1) are refused."""
+    http, _ = client({host: ["127.0.0.1"]})  # what a libc resolver answers for these
+    async with http:
+        with pytest.raises(BlockedAddressError):
+            await http.get(f"http://{host}:9/")
+
+
+def test_sockets_open_only_to_checked_addresses() -> None:
+    """The socket factory (aiohttp's last step before connect) refuses unchecked addresses."""
+    guard = GuardedResolver(AddressPolicy(allow_hosts=["svc.test"]), StubResolver({}))
+    with pytest.raises(BlockedAddressError, match="never checked"):
+        guard.socket((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80)))
+    guard.socket((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", 80))).close()
+
+
+async def test_rebinding_cannot_reach_an_unchecked_address() -> None:
+    """The addresses handed to aiohttp are the checked ones; a later answer changes nothing."""
+    resolver = StubResolver({"svc.test": [["127.0.0.1"], ["10.0.0.1"]]})
+    guard = GuardedResolver(AddressPolicy(allow_hosts=["svc.test"]), resolver)
+    [first] = await guard.resolve("svc.test", 80)
+    assert first["host"] == "127.0.0.1"
+    guard.socket((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))).close()
+    with pytest.raises(BlockedAddressError):
+        guard.socket((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 80)))
+
+
+async def test_connection_refused_on_an_allowed_address_is_a_connect_error() -> None:
+    """Allowed but nothing listening: an ordinary (retryable) httpx.ConnectError."""
+    http, _ = client({"svc.test": ["127.0.0.1"]}, allow_cidrs=["127.0.0.1/32"])
+    async with http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get(f"http://svc.test:{free_port()}/")
+
+
+async def test_read_timeout_is_an_httpx_timeout() -> None:
+    """An allowed server that answers too late: httpx.ReadTimeout."""
+    async def late(request):
+        await asyncio.sleep(10)
+
+    async with serve_app(Starlette(routes=[Route("/", late)])) as url:
+        http, _ = client({}, allow_cidrs=["127.0.0.1/32"])
+        async with http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.get(url + "/", timeout=0.2)
+
+
+async def test_unverified_sibling_keeps_the_policy(cert_files) -> None:
+    """``unverified()`` skips the certificate check but not the address check."""
+    cert, key = cert_files
+    async with serve_tls(HELLO, server_ssl_context(cert, key)) as port:
+        http, _ = client({"svc.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]},
+                         allow_hosts=["other.test"])
+        async with http, http.unverified() as loose:
+            assert (await loose.get(f"https://other.test:{port}/")).status_code == 200
+            with pytest.raises(BlockedAddressError):
+                await loose.get(f"https://svc.test:{port}/")
+            with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
+                await http.get(f"https://other.test:{port}/")
+
+
+async def test_shared_client_keeps_no_response_cookies() -> None:
+    """Set-Cookie from one call never rides along on the next (the client is shared)."""
+    async def login(request):
+        response = JSONResponse({"cookie": request.headers.get("cookie")})
+        response.set_cookie("session", "vendor-a")
+        return response
+
+    async with serve_app(Starlette(routes=[Route("/", login)])) as url:
+        http, _ = client({}, allow_cidrs=["127.0.0.1/32"], cookies={"given": "1"})
+        async with http:
+            await http.get(url + "/")
+            assert (await http.get(url + "/")).json() == {"cookie": "given=1"}

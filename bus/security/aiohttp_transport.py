@@ -1,0 +1,191 @@
+"""An httpx transport that sends requests with aiohttp: the httpx API, aiohttp's cheaper I/O.
+
+Connectors keep the ``httpx.AsyncClient`` API (URL building, auth, redirects, cookies, events);
+only the wire work moves to one ``aiohttp.ClientSession``, opened on first use in the running
+loop. The session does nothing httpx already does above the transport: no redirects, no cookie
+jar, no decompression, no proxies or environment settings, and none of aiohttp's own default
+headers, so the request on the wire is the one httpx built.
+
+aiohttp errors become the httpx exceptions connectors classify (see :data:`_ERRORS`); httpx
+errors raised inside (e.g. by a resolver hook) pass through unchanged. Timeouts follow
+``httpx.Timeout``: ``pool + connect`` bounds getting a connection (DNS included), ``connect``
+each socket connect, ``read`` the gap between received bytes. aiohttp has no write timeout, so
+when every phase is bounded and the body is large or streamed (a small one cannot stall), the
+response head must arrive within their sum, else ``WriteTimeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing
+
+import aiohttp
+import httpx
+from aiohttp.abc import AbstractResolver
+from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
+
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+# aiohttp adds these when absent; httpx decided already whether to send them.
+_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+_ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
+    # most specific first: several aiohttp errors are subclasses of the later ones
+    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
+    (aiohttp.SocketTimeoutError, httpx.ReadTimeout),
+    (TimeoutError, httpx.ReadTimeout),
+    (aiohttp.ClientConnectorError, httpx.ConnectError),  # refused, TLS, DNS (see _message)
+    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
+    (aiohttp.ClientPayloadError, httpx.ReadError),
+    (aiohttp.ClientResponseError, httpx.RemoteProtocolError),  # a malformed response head
+    (aiohttp.ClientOSError, httpx.ReadError),
+    (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
+    (aiohttp.ClientConnectionError, httpx.NetworkError),
+    (HttpProcessingError, httpx.RemoteProtocolError),
+    (aiohttp.ClientError, httpx.TransportError),
+    (ValueError, httpx.LocalProtocolError),  # e.g. a newline in a header value
+)
+_CAUGHT = tuple(kind for kind, _ in _ERRORS)
+# A body up to this size goes into the socket's buffers without waiting: it cannot stall.
+_SMALL = 64 * 1024
+# httpcore accepts a response head of up to 100 KiB; aiohttp's defaults (8 KiB a line, 128
+# lines) would refuse answers httpx read fine, e.g. a long Content-Security-Policy.
+_HEAD_LIMITS = {"max_line_size": 100 * 1024, "max_field_size": 100 * 1024, "max_headers": 1000}
+
+
+def httpx_error(exc: BaseException) -> httpx.TransportError:
+    """The httpx exception for an aiohttp (or asyncio timeout) error."""
+    for kind, target in _ERRORS:
+        if isinstance(exc, kind):
+            return target(_message(exc))
+    raise TypeError(f"no httpx error for {type(exc).__name__}")  # unreachable with _CAUGHT
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve {exc.host!r}: {exc.os_error}"
+    return str(exc) or type(exc).__name__
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """``httpx.AsyncBaseTransport`` over one ``aiohttp.ClientSession`` (HTTP/1.1 only).
+
+    ``resolver`` and ``socket_factory`` go to ``aiohttp.TCPConnector``: the hooks through which
+    a subclass decides which addresses a connection may use. ``limits.max_connections`` caps
+    open connections and ``keepalive_expiry`` closes idle ones; aiohttp has no separate cap on
+    idle connections (``max_keepalive_connections`` is not used).
+    """
+
+    def __init__(self, *, verify: typing.Any = True, limits: httpx.Limits = DEFAULT_LIMITS,
+                 resolver: AbstractResolver | None = None,
+                 socket_factory: typing.Callable[..., typing.Any] | None = None):
+        # httpx's context: the same CA bundle, SSLContext or verify=False as a plain client.
+        self.ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
+        self.limits, self.resolver, self.socket_factory = limits, resolver, socket_factory
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timeouts: dict[tuple, tuple[aiohttp.ClientTimeout, float | None]] = {}
+
+    def _open(self) -> aiohttp.ClientSession:
+        """The session for the running loop (a loop's connections cannot serve another loop)."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            connector = aiohttp.TCPConnector(
+                ssl=self.ssl_context, limit=self.limits.max_connections or 0,
+                keepalive_timeout=self.limits.keepalive_expiry, resolver=self.resolver,
+                socket_factory=self.socket_factory)
+            self._session = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+                skip_auto_headers=_NO_AUTO_HEADERS, trust_env=False, requote_redirect_url=False,
+                timeout=aiohttp.ClientTimeout(total=None), **_HEAD_LIMITS)
+            self._loop = loop
+        return self._session
+
+    def _timeout(self, spec: typing.Mapping[str, float | None]) -> tuple[aiohttp.ClientTimeout,
+                                                                         float | None]:
+        """aiohttp's timeout for httpx's ``{connect, read, write, pool}``, and the head deadline."""
+        key = (spec.get("connect"), spec.get("read"), spec.get("write"), spec.get("pool"))
+        found = self._timeouts.get(key)
+        if found is None:
+            connect, read, write, pool = key
+            getting = None if connect is None or pool is None else connect + pool
+            head = None if None in key else getting + write + read  # type: ignore[operator]
+            found = (aiohttp.ClientTimeout(total=None, connect=getting, sock_connect=connect,
+                                           sock_read=read), head)
+            if len(self._timeouts) < 256:  # requests carry few distinct timeouts; stay bounded
+                self._timeouts[key] = found
+        return found
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._session if self._loop is asyncio.get_running_loop() else None
+        if session is None or session.closed:
+            session = self._open()
+        timeout, head = self._timeout(request.extensions.get("timeout") or {})
+        enc = request.headers.encoding
+        headers = [(k.decode(enc), v.decode(enc)) for k, v in request.headers.raw]
+        data: typing.Any
+        try:
+            data = request.content or None
+            small = data is None or len(data) <= _SMALL
+        except httpx.RequestNotRead:  # a streamed body: aiohttp sends it (chunked if no length)
+            data, small = request.stream, False
+            headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
+        call = session.request(
+            request.method, URL(str(request.url), encoded=True), headers=headers, data=data,
+            allow_redirects=False, timeout=timeout,
+            server_hostname=request.extensions.get("sni_hostname"))
+        try:
+            if head is None or small:
+                response = await call
+            else:
+                deadline = asyncio.timeout(head)
+                try:
+                    async with deadline:
+                        response = await call
+                except TimeoutError as exc:
+                    if not deadline.expired():
+                        raise
+                    # connect and read have their own timers: the body was still being sent
+                    raise httpx.WriteTimeout(f"no response within {head:g} s") from exc
+            stream: httpx.AsyncByteStream
+            if response.content.is_eof():  # the body came with the head (most API answers)
+                stream = httpx.ByteStream(response.content.read_nowait())
+                response.release()
+            else:
+                stream = _Body(response)
+        except _CAUGHT as exc:
+            raise httpx_error(exc) from exc
+        version = response.version
+        return httpx.Response(
+            response.status, headers=response.raw_headers, stream=stream,
+            extensions={"http_version": b"HTTP/%d.%d" % (version.major, version.minor)
+                        if version else b"HTTP/1.1",
+                        "reason_phrase": (response.reason or "").encode("latin-1", "replace")})
+
+    async def aclose(self) -> None:
+        if self._session is not None and self._loop is asyncio.get_running_loop():
+            await self._session.close()
+        self._session = self._loop = None
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body read from aiohttp; closing it returns the connection to the pool."""
+
+    def __init__(self, response: aiohttp.ClientResponse):
+        self.response = response
+
+    async def __aiter__(self) -> typing.AsyncIterator[bytes]:
+        try:
+            async for chunk in self.response.content.iter_any():
+                yield chunk
+        except _CAUGHT as exc:
+            raise httpx_error(exc) from exc
+
+    async def aclose(self) -> None:
+        self.response.release()
+
+
+def aiohttp_client(*, verify: typing.Any = True, limits: httpx.Limits = DEFAULT_LIMITS,
+                   **kwargs: typing.Any) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` over :class:`AiohttpTransport` (no address guard)."""
+    return httpx.AsyncClient(transport=AiohttpTransport(verify=verify, limits=limits),
+                             trust_env=False, **kwargs)
