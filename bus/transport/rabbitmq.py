@@ -276,6 +276,7 @@ class RabbitTransport(Transport):
         slots = asyncio.Semaphore(concurrency)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
+            # our own task: aiormq cancels its callback tasks when the channel closes
             task = asyncio.get_running_loop().create_task(deliver(self, handler, message, slots))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
@@ -349,7 +350,7 @@ class RabbitTransport(Transport):
                 state=MessageState.QUEUED,
                 gen=gen,
                 available_at=now,
-                outbox=outbox,
+                outbox=[i.to_dict() for i in outbox],
             )
         except BaseException:
             await self.ledger.unclaim_dead(message_id, letter.dead_at)

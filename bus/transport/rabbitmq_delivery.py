@@ -14,8 +14,9 @@ RabbitMQ redelivers it, and ``admit`` decides from Redis what the redelivery mea
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
@@ -30,7 +31,7 @@ from bus.transport.entries import (
     dead_lines,
     retry_lines,
 )
-from bus.transport.rabbitmq_ledger import Stored
+from bus.transport.rabbitmq_ledger import Peek
 from bus.transport.rabbitmq_publisher import H_ATTEMPTS, H_CHAIN, H_ERROR, H_GEN
 
 if TYPE_CHECKING:
@@ -39,33 +40,48 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 
-
-
-
-def out(kind: str, env: Envelope, due: float, gen: int, headers: dict | None = None) -> dict:
+@dataclass(frozen=True, slots=True)
+class Out:
     """One outbox item: ``kind`` 'flow' (queue it) or 'dead' (archive it in the DLQ)."""
-    return {"kind": kind, "env": env.to_dict(), "due": due, "gen": gen, "headers": headers or {}}
+
+    kind: str
+    env: Envelope
+    due: float
+    gen: int
+    headers: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "env": self.env.to_dict(), "due": self.due, "gen": self.gen,
+                "headers": self.headers}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Out:
+        return cls(d["kind"], Envelope.from_dict(d["env"]), d["due"], d["gen"], d["headers"])
 
 
-async def flush(t: RabbitTransport, mid: str, gen: int, outbox: list[dict]) -> None:
-    """Publish an outbox (confirmed), then mark its generation sent."""
-    flows = [
-        (Envelope.from_dict(i["env"]), i["due"], i["gen"]) for i in outbox if i["kind"] == "flow"
-    ]
-    for env, _, _ in flows:
-        await t.ensure_flow(env.flow)
+def out(kind: str, env: Envelope, due: float, gen: int, headers: dict | None = None) -> Out:
+    return Out(kind, env, due, gen, headers or {})
+
+
+async def flush(t: RabbitTransport, mid: str, gen: int, outbox: Sequence[Out]) -> None:
+    """Publish an outbox (confirmed, the sends in flight together), then mark its generation sent."""
+    flows = [i for i in outbox if i.kind == "flow"]
+    for i in flows:
+        await t.ensure_flow(i.env.flow)
     for i in outbox:
-        if i["kind"] == "dead":
-            await t.publisher.dead(Envelope.from_dict(i["env"]), i["gen"], i["headers"])
-    for env, due, g in flows:
-        await t.publisher.send(env, gen=g, due=due)
+        if i.kind == "dead":
+            await t.publisher.dead(i.env, i.gen, i.headers)
+    if len(flows) == 1:  # the common case, without gather's tasks
+        await t.publisher.send(flows[0].env, gen=flows[0].gen, due=flows[0].due)
+    elif flows:
+        await asyncio.gather(*(t.publisher.send(i.env, gen=i.gen, due=i.due) for i in flows))
     await t.ledger.sent(mid, gen)
 
 
 @dataclass(slots=True)
 class Admission:
     envelope: Envelope | None  # None: nothing to run (ended or stale copy)
-    stored: Stored | None
+    stored: Peek | None
 
 
 async def admit(
@@ -73,17 +89,19 @@ async def admit(
 ) -> Admission:
     """Decide, from Redis, whether this (re)delivery runs and from which envelope."""
     gen = int((message.headers or {}).get(H_GEN, 0))  # type: ignore[arg-type]
-    stored = await t.ledger.get(envelope.id)
+    stored = await t.ledger.peek(envelope.id)
     if stored is None:  # Redis lost it (expired, flushed): the message itself is the truth
         return Admission(envelope, None)
     if gen < stored.gen:
         if stored.sent < stored.gen:
             log.warning("transport.outbox_finished", message_id=envelope.id, gen=stored.gen)
-            await flush(t, envelope.id, stored.gen, stored.outbox)
+            await flush(t, envelope.id, stored.gen, [Out.from_dict(i) for i in stored.outbox])
         return Admission(None, stored)
-    if stored.record.state is not MessageState.QUEUED:
+    if stored.state is not MessageState.QUEUED:
         return Admission(None, stored)
-    current = stored.record.envelope
+    if stored.envelope == message.body:  # as published: no checkpoint since (the usual case)
+        return Admission(envelope, stored)
+    current = Envelope.from_json(stored.envelope)
     return Admission(current if current.cursor > envelope.cursor else envelope, stored)
 
 
@@ -95,7 +113,7 @@ class RabbitDelivery(Delivery):
         t: RabbitTransport,
         message: AbstractIncomingMessage,
         envelope: Envelope,
-        stored: Stored | None,
+        stored: Peek | None,
     ):
         self.envelope = envelope
         self.current = envelope
@@ -105,7 +123,7 @@ class RabbitDelivery(Delivery):
         self._created_at = stored.created_at if stored else t.clock()
         self._ended = False
 
-    async def _end(self, envelope: Envelope, outbox: list[dict], **update: object) -> None:
+    async def _end(self, envelope: Envelope, outbox: list[Out], **update: object) -> None:
         """Record (Redis), publish the outbox (confirmed), mark sent, ack — see the module doc."""
         self._ended = True  # claimed now so a second ending call fails fast
         gen = self._gen + 1
@@ -115,7 +133,7 @@ class RabbitDelivery(Delivery):
                 self._t.clock(),
                 self._created_at,
                 gen=gen,
-                outbox=outbox,
+                outbox=[i.to_dict() for i in outbox],
                 **update,  # type: ignore[arg-type]
             )
         except BaseException:

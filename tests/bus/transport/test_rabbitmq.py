@@ -19,6 +19,7 @@ from bus.envelope import Envelope, new_id
 from bus.errors import TransportError
 from bus.transport.base import Delivery, MessageState
 from bus.transport.rabbitmq import RabbitTransport
+from bus.transport.rabbitmq_delivery import out
 from bus.transport.rabbitmq_publisher import H_ATTEMPT, H_CORRELATION, H_CURSOR, H_FLOW
 
 from .conftest import AMQP_URL, REDIS_URL, Recorder, complete, remove_rabbit
@@ -261,3 +262,34 @@ async def test_broker_restart_loses_no_confirmed_publish(make: Make) -> None:
     assert refused > 0 and len(accepted) > 0, (refused, len(accepted))  # the outage was seen
     lost = set(accepted) - handled
     assert lost == set(), f"{len(lost)} of {len(accepted)} confirmed publishes never delivered"
+
+
+async def test_redelivery_finishes_a_recorded_but_unsent_outbox(make: Make) -> None:
+    """An ending recorded in Redis but not published (a crash between the two): the stale
+    redelivery publishes the recorded child, marks it sent, and never runs the handler again."""
+    transport = await make(flows=["parent", "child"])
+    parent = Envelope.new("parent", {"n": 1})
+    await transport.publish([parent])
+    child = parent.derive("child", {"n": 2}, event="made")
+    now = time.time()
+    stored = await transport.ledger.peek(parent.id)
+    assert stored is not None and stored.envelope == parent.to_json()
+    outbox = [out("flow", child, 0.0, 0)]
+    await transport.ledger.update(  # what RabbitDelivery._end records before it publishes
+        parent, now, stored.created_at, state=MessageState.DELIVERED, gen=1,
+        outbox=[i.to_dict() for i in outbox], children=[(child, now)],
+    )
+    ran: list[str] = []
+
+    async def parent_handler(d: Delivery) -> None:
+        ran.append(d.envelope.id)
+        await complete(d)
+
+    rec = Recorder(complete)
+    transport.consume("parent", parent_handler)
+    transport.consume("child", rec)
+    got = await rec.next()
+    assert (got.id, got.body) == (child.id, {"n": 2})
+    after = await transport.ledger.peek(parent.id)
+    assert after is not None and (after.gen, after.sent, after.outbox) == (1, 1, [])
+    assert ran == []
