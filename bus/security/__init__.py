@@ -7,6 +7,7 @@
 - ``fields``: field-level projection of response bodies
 - ``ratelimit``: token bucket per (client or IP, route)
 - ``netguard``: outbound requests only to public addresses, checked at connect time
+- ``aiohttp_transport``: the httpx transport the outbound client sends through (aiohttp I/O)
 - ``xmlsafe``: XML without DTDs, entities or external references
 - ``tls``: server SSL context (TLS 1.3 minimum by default) and uvicorn wiring
 """
