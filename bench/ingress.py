@@ -159,7 +159,8 @@ def profile(servers: dict, tmp: Path, args: argparse.Namespace, signer: c.Signer
         pool = tmp / "pool-prof.tsv"
         write_pool(pool, args.pool, signer)
         spy = subprocess.Popen([pyspy, "record", "--pid", str(proc.pid), "--format", fmt, "-o", out,
-                                "--duration", str(args.duration), "--rate", "200", "--nonblocking"],
+                                "--duration", str(args.duration), "--rate", "200", "--nonblocking",
+                                "--gil"]  # only the thread holding the GIL: where the CPU goes,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         run_wrk(wrk_cmd(port, pool, args), args.duration + 30)
         spy.wait(args.duration + 30)
