@@ -158,9 +158,10 @@ def profile(servers: dict, tmp: Path, args: argparse.Namespace, signer: c.Signer
     for fmt, out in (("flamegraph", f"/tmp/{args.profile_target}-ingress.svg"), ("raw", str(tmp / "stacks.txt"))):
         pool = tmp / "pool-prof.tsv"
         write_pool(pool, args.pool, signer)
+        # --gil: sample only the thread holding the GIL, i.e. where the CPU goes
         spy = subprocess.Popen([pyspy, "record", "--pid", str(proc.pid), "--format", fmt, "-o", out,
                                 "--duration", str(args.duration), "--rate", "200", "--nonblocking",
-                                "--gil"]  # only the thread holding the GIL: where the CPU goes,
+                                "--gil"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         run_wrk(wrk_cmd(port, pool, args), args.duration + 30)
         spy.wait(args.duration + 30)
