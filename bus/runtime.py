@@ -19,7 +19,6 @@ from bus.ingress import Ingress
 from bus.metrics import Metrics, transport_readings
 from bus.observe import Observers
 from bus.runner import FlowRunner
-from bus.security.setup import build_security
 from bus.stats import Stats
 from bus.transport.base import Transport
 from connectors.base import Connector, ConnectorDeps
@@ -110,7 +109,11 @@ class Runtime:
         self.ingress = Ingress(self.flows, self.connectors, self.transport, self.observers)
         self.runner = FlowRunner(self.flows, self.connectors, self.transport, observer=self.observers)
         self.ready = False
-        self.security = build_security(config.security)
+        self.security = None
+        if config.security:  # imported only then: JWT and crypto cost ~0.15 s of start-up
+            from bus.security.setup import build_security
+
+            self.security = build_security(config.security)
         self.guard = self.security.guard if self.security else None
         self.disabled: set[str] = {n for n, cf in self.flows.items() if not cf.flow.enabled}
         self.audit = AuditLog(config.settings.data_dir / "audit.jsonl")
