@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
+from functools import lru_cache
 
 from bus.errors import VerificationError
 
@@ -56,7 +57,11 @@ def decode_secret(secret: str) -> bytes:
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` value for one message: ``v1,<base64 HMAC-SHA256>``."""
-    return "v1," + base64.b64encode(_digest(decode_secret(secret), msg_id, str(timestamp), body)).decode()
+    return "v1," + base64.b64encode(_digest(_key(secret), msg_id, str(timestamp), body)).decode()
+
+
+# Each message is checked under one of a few secrets: decode each once, not per message.
+_key = lru_cache(maxsize=64)(decode_secret)
 
 
 def _digest(key: bytes, msg_id: str, timestamp: str, body: bytes) -> bytes:
@@ -102,7 +107,7 @@ def verify(
             f"timestamp too new: {-age:.0f} s ahead of now, tolerance is {tolerance:g} s "
             "(the sender's or this host's clock is wrong)"
         )
-    expected = _digest(decode_secret(secret), msg_id, ts_text, body)
+    expected = _digest(_key(secret), msg_id, ts_text, body)
     checked = 0
     for versioned in sig_header.split():
         version, _, value = versioned.partition(",")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import orjson
 import structlog
+from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.routing import Route
+from starlette.types import Scope
 
 from bus.errors import BackpressureError, InboundError, TransportError
 from bus.http import scopes
@@ -46,7 +49,8 @@ def routes(runtime: Runtime) -> list[Route]:
         connector = runtime.connectors.get(name)
         if connector is None:
             return error(404, "unknown_connector", f"no connector named {name!r}")
-        client_ip = request.client.host if request.client else ""
+        client = request.scope.get("client")
+        client_ip = client[0] if client else ""
         cc = runtime.config.connectors.get(name)
         headers = _headers(request)
         refused = check_hook(cc.ingress if cc else None, client_ip, headers)
@@ -55,15 +59,11 @@ def routes(runtime: Runtime) -> list[Route]:
             return error(status, "hook_forbidden" if status == 403 else "api_key_invalid", message)
         try:
             body = await read_limited(request, max_body)
-            url = str(request.url)
-            if public_url:
-                url = public_url.rstrip("/") + request.url.path + (
-                    f"?{request.url.query}" if request.url.query else ""
-                )
+            url, path = _url(request.scope, public_url)
             inbound = InboundRequest(
                 method=request.method,
                 url=url,
-                path=request.url.path,
+                path=path,
                 headers=headers,
                 query=_query(request),
                 body=body,
@@ -73,7 +73,9 @@ def routes(runtime: Runtime) -> list[Route]:
             events = connector.parse(inbound)
             for event in events:
                 runtime.ingress.check_event(connector, event)
-            results = [await runtime.ingress.admit(name, ev, inbound.headers) for ev in events]
+            results = []
+            for event in events:  # a loop, not an async comprehension: one coroutine less
+                results.append(await runtime.ingress.admit(name, event, inbound.headers))
         except (BodyTooLarge, InboundError, TransportError) as exc:
             log.info("hook_refused", connector=name, error=str(exc))
             return _refusal(exc)
@@ -114,6 +116,31 @@ def routes(runtime: Runtime) -> list[Route]:
 def _headers(request: Request) -> dict[str, str]:
     """Lower-case header names (ASGI already gives them lower-case): built straight from the scope."""
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+
+
+def _url(scope: Scope, public_url: str | None) -> tuple[str, str]:
+    """The URL the caller used (or the same path and query under ``public_url``), and its path."""
+    host = None
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value
+            break
+    server = scope.get("server")
+    return _url_of(scope.get("scheme", "http"), tuple(server) if server else None, host,
+                   scope["path"], scope.get("query_string", b""), public_url or "")
+
+
+@lru_cache(maxsize=256)
+def _url_of(scheme: str, server: tuple[str, int] | None, host: bytes | None, path: str,
+            query: bytes, public_url: str) -> tuple[str, str]:
+    """Starlette's URL of these scope parts. Cached: a hook is called on the same URL again and
+    again, and building one (host parsing, urlunsplit, urlsplit) costs ~10 µs a request."""
+    scope = {"type": "http", "scheme": scheme, "server": server, "path": path,
+             "query_string": query, "headers": [(b"host", host)] if host is not None else []}
+    url = URL(scope=scope)
+    if public_url:
+        return public_url.rstrip("/") + url.path + (f"?{url.query}" if url.query else ""), url.path
+    return str(url), url.path
 
 
 def _query(request: Request) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bus.http import scopes
 from bus.http.responses import JSON
@@ -56,13 +56,7 @@ class RequestCounter:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = {"code": 500}
-
-        async def watch(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
+        watch = _StatusWatch(send)
         try:
             await self.app(scope, receive, watch)
         finally:
@@ -70,7 +64,23 @@ class RequestCounter:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             m = self.runtime.metrics
-            m.child(m.ingress, template, str(status["code"])).inc()
+            m.child(m.ingress, template, str(watch.code)).inc()
+
+
+class _StatusWatch:
+    """``send``, noting the response status (500 until one is sent). One object per request,
+    not a closure and its cells: requests wait on commits, and all they hold is GC work."""
+
+    __slots__ = ("send", "code")
+
+    def __init__(self, send: Send):
+        self.send = send
+        self.code = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.code = message["status"]
+        await self.send(message)
 
 
 def _template(scope: Scope) -> str:

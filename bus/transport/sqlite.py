@@ -9,6 +9,7 @@ start() every queued message — including those a killed process had in flight 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -125,49 +126,15 @@ class SqliteTransport(Transport):
                 f"{self._limit}; retry later, or raise the transport's backlog_limit",
                 retry_after=1.0,
             )
-        now = self.clock()
-        available_at = now + max(delay, 0.0)
-        ids = [e.id for e in envs]
-        received = [received_entry(e, now, delay) for e in envs]
-
-        def work(conn):
-            if now - self._dedupe_expired_at >= DEDUPE_EXPIRY_EVERY:
-                store.dedupe_expire(conn, now)
-                store.prune_finished(conn, now - self._retention)
-                self._dedupe_expired_at = now
-            if dedupe_key is not None:
-                first = store.dedupe_lookup(conn, dedupe_key, now)
-                if first is not None:
-                    store.insert_ledger(
-                        conn,
-                        [
-                            LedgerEntry(
-                                first[0] if first else "",
-                                "duplicate",
-                                now,
-                                detail={"dedupe_key": dedupe_key, "rejected": ids},
-                            )
-                        ],
-                    )
-                    return first
-                store.dedupe_insert(conn, dedupe_key, ids, now + self._dedupe_window)
-            store.insert_messages(conn, [(e, available_at) for e in envs], now)
-            store.insert_ledger(conn, [*received, *entries])
-            return None
-
-        def after(duplicate_of: list[str] | None) -> None:
-            if duplicate_of is None:
-                for e in envs:
-                    self.enqueue(e, available_at)
-
+        job = _Publish(self, envs, dedupe_key, self.clock(), delay, entries)
         self._reserved += len(envs)
         try:
-            duplicate_of = await self.writer.write(work, after)
+            duplicate_of = await self.writer.submit(job)
         finally:
             self._reserved -= len(envs)
         if duplicate_of is not None:
             return PublishResult(accepted=[], duplicate_of=duplicate_of)
-        return PublishResult(accepted=ids)
+        return PublishResult(accepted=[e.id for e in envs])
 
     def enqueue(self, envelope: Envelope, available_at: float, *, new: bool = True) -> None:
         """Hand a committed queued message to its flow's scheduler (``new``: count it in the backlog)."""
@@ -326,3 +293,55 @@ class SqliteTransport(Transport):
     # ----- state ------------------------------------------------------------------------
     async def backlog(self, flow: str | None = None) -> int:
         return self._backlog.total() if flow is None else self._backlog[flow]
+
+
+class _Publish:
+    """One publish as a write job (sqlite_writer.Job): its SQL on the writer thread and, once
+    committed, its enqueue on the loop. One slotted object rather than closures and a job
+    record: a publish waits about a commit cycle, and everything it holds meanwhile is work
+    for the garbage collector (closures over these values were a dozen tracked cells)."""
+
+    __slots__ = ("transport", "envs", "dedupe_key", "now", "delay", "entries", "future")
+
+    def __init__(
+        self,
+        transport: SqliteTransport,
+        envs: list[Envelope],
+        dedupe_key: str | None,
+        now: float,
+        delay: float,
+        entries: Sequence[LedgerEntry],
+    ):
+        self.transport, self.envs, self.dedupe_key = transport, envs, dedupe_key
+        self.now, self.delay, self.entries = now, delay, entries
+
+    def work(self, conn: sqlite3.Connection) -> list[str] | None:
+        """Store the messages; the dedupe claim's ids instead if the key is taken. Plain SQL
+        over captured values: the writer may run it again after a rollback."""
+        t, now, envs = self.transport, self.now, self.envs
+        if now - t._dedupe_expired_at >= DEDUPE_EXPIRY_EVERY:
+            store.dedupe_expire(conn, now)
+            store.prune_finished(conn, now - t._retention)
+            t._dedupe_expired_at = now
+        key = self.dedupe_key
+        if key is not None:
+            ids = [e.id for e in envs]
+            first = store.dedupe_claim(conn, key, ids, now, now + t._dedupe_window)
+            if first is not None:
+                detail = {"dedupe_key": key, "rejected": ids}
+                store.insert_ledger(
+                    conn, [LedgerEntry(first[0] if first else "", "duplicate", now, detail=detail)]
+                )
+                return first
+        available_at = now + max(self.delay, 0.0)
+        store.insert_messages(conn, [(e, available_at) for e in envs], now)
+        store.insert_ledger(
+            conn, [*(received_entry(e, now, self.delay) for e in envs), *self.entries]
+        )
+        return None
+
+    def after(self, duplicate_of: list[str] | None) -> None:
+        if duplicate_of is None:
+            available_at = self.now + max(self.delay, 0.0)
+            for e in self.envs:
+                self.transport.enqueue(e, available_at)

@@ -125,13 +125,6 @@ def update_message(
     )
 
 
-def dedupe_lookup(conn: sqlite3.Connection, key: str, now: float) -> list[str] | None:
-    row = conn.execute(
-        "SELECT message_ids FROM dedupe WHERE key = ? AND expires_at > ?", (key, now)
-    ).fetchone()
-    return orjson.loads(row[0]) if row else None
-
-
 def prune_finished(conn: sqlite3.Connection, before: float) -> int:
     """Forget delivered, filtered and purged messages (and their ledger) last touched before ``before``."""
     done = (MessageState.DELIVERED.value, MessageState.FILTERED.value, MessageState.PURGED.value)
@@ -146,13 +139,25 @@ def prune_finished(conn: sqlite3.Connection, before: float) -> int:
     return cur.rowcount
 
 
-def dedupe_insert(
-    conn: sqlite3.Connection, key: str, ids: Sequence[str], expires_at: float
-) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO dedupe (key, message_ids, expires_at) VALUES (?, ?, ?)",
-        (key, orjson.dumps(list(ids)), expires_at),
+def dedupe_claim(
+    conn: sqlite3.Connection, key: str, ids: Sequence[str], now: float, expires_at: float
+) -> list[str] | None:
+    """Take ``key`` for ``ids`` until ``expires_at``; if a claim still live at ``now`` holds it,
+    change nothing and return that claim's message ids (the event is a duplicate).
+
+    One upsert instead of a lookup and an insert: an expired claim is overwritten in place,
+    a live one is left alone (no row changed), so the common case is one b-tree write.
+    """
+    cur = conn.execute(
+        "INSERT INTO dedupe (key, message_ids, expires_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET message_ids = excluded.message_ids,"
+        " expires_at = excluded.expires_at WHERE dedupe.expires_at <= ?",
+        (key, orjson.dumps(list(ids)), expires_at, now),
     )
+    if cur.rowcount:
+        return None
+    row = conn.execute("SELECT message_ids FROM dedupe WHERE key = ?", (key,)).fetchone()
+    return orjson.loads(row[0])
 
 
 def dedupe_expire(conn: sqlite3.Connection, now: float) -> None:

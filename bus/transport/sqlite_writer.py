@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from bus.errors import TransportError
 
@@ -39,11 +39,24 @@ def open_connection(path: Path, connect: Connect | None, sync: Sync) -> sqlite3.
     return conn
 
 
+class Job(Protocol):
+    """A write job: ``work`` runs in a batch on the writer thread, ``after`` on the loop once
+    the batch committed; ``future`` (set by the writer) gets ``work``'s result."""
+
+    future: asyncio.Future[Any]
+
+    def work(self, conn: sqlite3.Connection) -> Any: ...
+
+    def after(self, result: Any) -> None: ...
+
+
 @dataclass(slots=True)
 class _Job:
+    """The job of a ``write(work, after)``."""
+
     work: Callable[[sqlite3.Connection], Any]
     after: Callable[[Any], None] | None
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None = None
 
 
 class _Batch:
@@ -64,7 +77,7 @@ class GroupCommitWriter:
         self._sync = sync
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tieline-sqlite-w")
         self._conn: sqlite3.Connection | None = None
-        self._jobs: list[_Job] = []
+        self._jobs: list[Job] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -90,14 +103,22 @@ class GroupCommitWriter:
         self, work: Callable[[sqlite3.Connection], T], after: Callable[[T], None] | None = None
     ) -> T:
         """Run ``work`` in the next batch; ``after(result)`` runs on the loop once committed."""
+        return await self.submit(_Job(work, after))
+
+    def submit(self, job: Job) -> asyncio.Future[Any]:
+        """Queue ``job`` for the next batch; returns its future, also set as ``job.future``.
+
+        ``write`` without its coroutine and closures, for the hot path (a publish): a waiting
+        job is garbage-collector work, so it should be one object.
+        """
         if self._task is None or self._task.done() or self._closing:
             raise TransportError(
                 f"embedded transport {self._path}: not running; call start() first (or it was closed)"
             )
-        future = asyncio.get_running_loop().create_future()
-        self._jobs.append(_Job(work, after, future))
+        job.future = future = asyncio.get_running_loop().create_future()
+        self._jobs.append(job)
         self._wake.set()
-        return await future
+        return future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -139,7 +160,7 @@ class GroupCommitWriter:
         err.__cause__ = exc
         return err
 
-    def _commit(self, jobs: list[_Job]) -> _Batch:
+    def _commit(self, jobs: list[Job]) -> _Batch:
         """On the writer thread: run ``jobs`` in one transaction.
 
         Fast path without savepoints (they double the cost of a small job); if any job
@@ -183,7 +204,7 @@ class GroupCommitWriter:
                 pass
         return batch
 
-    def _commit_one_by_one(self, jobs: list[_Job]) -> _Batch:
+    def _commit_one_by_one(self, jobs: list[Job]) -> _Batch:
         """The slow path: each job in a savepoint, so a failing job is undone alone."""
         conn = self._conn
         assert conn is not None

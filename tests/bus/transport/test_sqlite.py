@@ -187,6 +187,35 @@ async def test_dedupe_key_expires_after_window(tmp_path: Path) -> None:
         await transport.close()
 
 
+async def test_expired_dedupe_key_is_reused_before_the_sweep(tmp_path: Path) -> None:
+    """An expired key still on disk (the periodic sweep has not run yet) takes the new ids."""
+    now = [1_000_000.0]
+    transport = await started(tmp_path / "bus.sqlite3", dedupe_window=10, clock=lambda: now[0])
+    try:
+        first, second, third = (Envelope.new("calls", {"n": n}) for n in range(3))
+        assert (await transport.publish([first], dedupe_key="k")).accepted == [first.id]
+        now[0] += 11  # past the window, well before the sweep (every 60 s)
+        assert (await transport.publish([second], dedupe_key="k")).accepted == [second.id]
+        now[0] += 5  # inside the new claim's window: a duplicate of the second, not the first
+        assert (await transport.publish([third], dedupe_key="k")).duplicate_of == [second.id]
+    finally:
+        await transport.close()
+
+
+async def test_duplicate_is_written_to_the_first_messages_ledger(tmp_path: Path) -> None:
+    """A refused duplicate leaves a 'duplicate' line, with the key and the rejected ids, on the first."""
+    transport = await started(tmp_path / "bus.sqlite3")
+    try:
+        first, again = Envelope.new("calls", {}), Envelope.new("calls", {})
+        await transport.publish([first], dedupe_key="vendor:evt-1")
+        await transport.publish([again], dedupe_key="vendor:evt-1")
+        lines = [e for e in await transport.history(first.id) if e.kind == "duplicate"]
+        assert [e.detail for e in lines] == [{"dedupe_key": "vendor:evt-1", "rejected": [again.id]}]
+        assert await transport.message(again.id) is None
+    finally:
+        await transport.close()
+
+
 @pytest.mark.parametrize(
     ("options", "error"),
     [({"sync": "off"}, "sync='off'")],
