@@ -331,6 +331,13 @@ def run(
     # The SQLite writer thread and the event loop share the GIL; a shorter switch interval
     # lets a finished commit wake its waiting requests sooner (bench/RESULTS.md).
     sys.setswitchinterval(0.001)
+    # Each message in flight holds ~75 GC-tracked objects while it waits for its commit, so the
+    # default thresholds (700) run a young collection every few requests and full collections
+    # of 80-120 ms that set the ingress p99 (bench/RESULTS.md). Collect less often instead;
+    # reference counting still frees almost everything at once, only cycles wait longer.
+    import gc
+
+    gc.set_threshold(10_000, 10, 10)
     if role == "worker":
         main = runtime.work(watch=watch, config_path=Path(path))
     else:
