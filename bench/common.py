@@ -287,7 +287,7 @@ def serve_ingress_only(config: str, port: int) -> None:
 
     from bus.http.app import build_app
     from bus.logs import configure
-    from bus.runtime import Runtime
+    from bus.runtime import Runtime, tune_process
 
     async def main() -> None:
         runtime = Runtime.from_file(config)
@@ -301,6 +301,7 @@ def serve_ingress_only(config: str, port: int) -> None:
             await runtime.stop()
 
     configure("warning")
+    tune_process()  # as `tieline run` does
     uvloop.run(main())
 
 

@@ -315,6 +315,21 @@ def _shared_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+def tune_process() -> None:
+    """Interpreter settings for a long-running bus process (measured: bench/RESULTS.md)."""
+    import gc
+    import sys
+
+    # The SQLite writer thread and the event loop share the GIL; a shorter switch interval
+    # lets a finished commit wake its waiting requests sooner.
+    sys.setswitchinterval(0.001)
+    # Each message in flight holds ~75 GC-tracked objects while it waits for its commit, so the
+    # default thresholds (700) run a young collection every few requests and full collections
+    # of 80-120 ms that set the ingress p99. Collect less often instead; reference counting
+    # still frees almost everything at once, only cycles wait longer.
+    gc.set_threshold(10_000, 10, 10)
+
+
 def run(
     path: str | Path, host: str | None = None, port: int | None = None, *,
     role: str = "run", watch: bool = False, tls_files: tuple[str, str] | None = None,
@@ -326,18 +341,7 @@ def run(
             f"'tieline {role}' splits ingress from workers, which needs a shared broker: set "
             "settings.transport: rabbitmq (the embedded transport lives in one process; use 'tieline run')"
         )
-    import sys
-
-    # The SQLite writer thread and the event loop share the GIL; a shorter switch interval
-    # lets a finished commit wake its waiting requests sooner (bench/RESULTS.md).
-    sys.setswitchinterval(0.001)
-    # Each message in flight holds ~75 GC-tracked objects while it waits for its commit, so the
-    # default thresholds (700) run a young collection every few requests and full collections
-    # of 80-120 ms that set the ingress p99 (bench/RESULTS.md). Collect less often instead;
-    # reference counting still frees almost everything at once, only cycles wait longer.
-    import gc
-
-    gc.set_threshold(10_000, 10, 10)
+    tune_process()
     if role == "worker":
         main = runtime.work(watch=watch, config_path=Path(path))
     else:
