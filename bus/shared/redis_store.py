@@ -40,7 +40,10 @@ def _ms(ttl: float) -> int:
 
 
 class RedisDedupeStore:
-    """``{prefix}:dedupe:{key}`` holds the JSON list of ids first accepted under the key."""
+    """``{prefix}:dedupe:{key}`` holds the JSON list of ids first accepted under the key.
+
+    A caller that writes more with each claim (the RabbitMQ transport's ledger records) may make
+    the claim itself, in its own script, through :meth:`claim_args`; ``release`` undoes either."""
 
     def __init__(self, redis: Redis, prefix: str):
         self._r = redis
@@ -50,12 +53,16 @@ class RedisDedupeStore:
     def _key(self, key: str) -> str:
         return f"{self._prefix}:dedupe:{key}"
 
+    def claim_args(self, key: str, ids: Sequence[str], ttl: float) -> tuple[str, bytes, int]:
+        """(Redis key, value, milliseconds) of the ``SET NX PX`` that claims ``key`` for ``ids``."""
+        return self._key(key), orjson.dumps(list(ids)), _ms(ttl)
+
     async def claim(self, key: str, ids: Sequence[str], ttl: float) -> list[str] | None:
-        value = orjson.dumps(list(ids))
+        rkey, value, ms = self.claim_args(key, ids, ttl)
         while True:
-            if await self._r.set(self._key(key), value, nx=True, px=_ms(ttl)):
+            if await self._r.set(rkey, value, nx=True, px=ms):
                 return None
-            held = await self._r.get(self._key(key))
+            held = await self._r.get(rkey)
             if held is not None:  # else it expired between the two calls: claim again
                 return orjson.loads(held)
 

@@ -4,6 +4,11 @@ RabbitMQ: one durable queue per flow, publisher confirms, manual acks, delays th
 queues, dead letters archived in per-flow DLQs (names in docs/rabbitmq.md). Redis: the ledger,
 message records and checkpoints, the dead-letter index and inbound dedupe keys
 (``rabbitmq_ledger``). Any number of worker processes may share one prefix.
+
+``publish`` order: (1) one atomic Redis call claims the dedupe key and, only if that wins, writes
+the records and 'received' lines (a consumer always finds its record); (2) the confirmed publish;
+(3) return (the ingress answers 202). If (2) fails, (1) is undone and the caller gets
+TransportError (503). Concurrent publishes share Redis pipelines and broker writes.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 import aio_pika
+import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from bus.envelope import Envelope
-from bus.errors import BackpressureError, TransportError
+from bus.errors import TransportError
 from bus.shared.redis_store import RedisDedupeStore
 from bus.transport import rabbitmq_topology as topo
 from bus.transport.base import (
@@ -31,14 +37,14 @@ from bus.transport.base import (
     Transport,
 )
 from bus.transport.entries import received_entry
+from bus.transport.rabbitmq_backlog import Backlog
 from bus.transport.rabbitmq_consumer import deliver
 from bus.transport.rabbitmq_delivery import flush, out
-from bus.transport.rabbitmq_ledger import RedisLedger
+from bus.transport.rabbitmq_ledger import RedisLedger, delete_prefix
 from bus.transport.rabbitmq_publisher import OUTAGE, Publisher
 
 log = structlog.get_logger()
 
-BACKLOG_CACHE = 1.0  # seconds a broker queue count is trusted for the backpressure check
 PRUNE_EVERY = 60.0
 
 
@@ -65,7 +71,6 @@ class RabbitTransport(Transport):
         self.names = topo.Names(prefix)
         self.clock = clock
         self._flows = list(flows)
-        self._limit = backlog_limit
         self._dedupe_window = dedupe_window
         self._prefetch = prefetch
         self._quorum = quorum
@@ -78,8 +83,7 @@ class RabbitTransport(Transport):
         self._inflight: set[asyncio.Task[None]] = set()
         self._declared: set[str] = set()
         self._declare_lock = asyncio.Lock()
-        self._counted: tuple[float, int] = (float("-inf"), 0)  # (when, broker backlog)
-        self._published_since = 0  # this process's publishes since the count was taken
+        self._backlog = Backlog(backlog_limit, self.backlog, prefix)
         self._pruned_at = float("-inf")
         self._state = "new"
 
@@ -142,6 +146,7 @@ class RabbitTransport(Transport):
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self.connection.close()
+        await self.ledger.batch.aclose()
         await self.redis.aclose()
         self._state = "closed"
 
@@ -154,13 +159,7 @@ class RabbitTransport(Transport):
         async with connection:
             channel = await connection.channel()
             await topo.delete_all(channel, self.names, sorted(self._declared))
-        redis = Redis.from_url(self.redis_url)
-        try:
-            keys = [k async for k in redis.scan_iter(match=f"{self.names.prefix}:*", count=1000)]
-            for at in range(0, len(keys), 1000):
-                await redis.delete(*keys[at : at + 1000])
-        finally:
-            await redis.aclose()
+        await delete_prefix(self.redis_url, self.names.prefix)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -198,34 +197,41 @@ class RabbitTransport(Transport):
         entries: Sequence[LedgerEntry] = (),
     ) -> PublishResult:
         envs = list(envelopes)
-        await self._check_backlog(len(envs))
-        now = self.clock()
-        ids = [e.id for e in envs]
-        if dedupe_key is not None:
-            first = await self.dedupe.claim(dedupe_key, ids, self._dedupe_window)
-            if first is not None:
-                await self.ledger.log(
-                    [
-                        LedgerEntry(
-                            first[0] if first else "",
-                            "duplicate",
-                            now,
-                            detail={"dedupe_key": dedupe_key, "rejected": ids},
-                        )
-                    ]
-                )
-                return PublishResult(accepted=[], duplicate_of=first)
-        due = now + delay if delay > 0 else 0.0
+        await self._backlog.check(len(envs))
+        now, ids = self.clock(), [e.id for e in envs]
         try:
             for flow in {e.flow for e in envs}:
                 await self.ensure_flow(flow)
-            await self.ledger.received(
-                [(e, due or now) for e in envs],
-                [*(received_entry(e, now, delay) for e in envs), *entries],
-                now,
+        except OUTAGE as exc:
+            raise TransportError(
+                f"rabbitmq transport: publish failed: {exc!r}; retry later"
+            ) from exc
+        due = now + delay if delay > 0 else 0.0
+        bodies = [e.to_json() for e in envs]
+        claim = (
+            None
+            if dedupe_key is None
+            else self.dedupe.claim_args(dedupe_key, ids, self._dedupe_window)
+        )
+        held = await self.ledger.received(  # one Lua call, in a pipeline shared with other callers
+            [(e, due or now) for e in envs],
+            [*(received_entry(e, now, delay) for e in envs), *entries],
+            now,
+            bodies=bodies,
+            claim=claim,
+        )
+        if held is not None:
+            first = orjson.loads(held)
+            detail = {"dedupe_key": dedupe_key, "rejected": ids}
+            await self.ledger.log(
+                [LedgerEntry(first[0] if first else "", "duplicate", now, detail=detail)]
             )
-            self._published_since += len(envs)
-            await self.publisher.send_many([(e, due) for e in envs])
+            return PublishResult(accepted=[], duplicate_of=first)
+        try:
+            self._backlog.published += len(envs)
+            await self.publisher.send_many(
+                [(e, due, body) for e, body in zip(envs, bodies, strict=True)]
+            )
         except (TransportError, *OUTAGE) as exc:
             await self.ledger.forget(ids)
             if dedupe_key is not None:
@@ -239,20 +245,6 @@ class RabbitTransport(Transport):
             self._pruned_at = now
             self._spawn(self.ledger.prune(now - self._ledger_ttl))
         return PublishResult(accepted=ids)
-
-    async def _check_backlog(self, adding: int) -> None:
-        at, count = self._counted
-        if time.monotonic() - at > BACKLOG_CACHE:
-            count = await self.backlog()
-            self._counted = (time.monotonic(), count)
-            self._published_since = 0
-        backlog = count + self._published_since
-        if backlog + adding > self._limit:
-            raise BackpressureError(
-                f"rabbitmq transport {self.names.prefix}: backlog is {backlog} messages, the bound "
-                f"is {self._limit}; retry later, or raise the transport's backlog_limit",
-                retry_after=1.0,
-            )
 
     # ----- consuming --------------------------------------------------------------------
     def consume(self, flow: str, handler: Handler, *, concurrency: int = 16) -> None:
@@ -390,17 +382,11 @@ class RabbitTransport(Transport):
                 *(self.names.flow(f) for f in sorted(self._declared)),
                 *self.names.tier_queues(),
             ]
-        total = 0
         try:
-            if flow is not None:
-                await self.ensure_flow(
-                    flow
-                )  # a passive declare of a missing queue kills the channel
-            for name in names:
-                queue = await self._info.declare_queue(name, passive=True)
-                total += queue.declaration_result.message_count or 0
+            if flow is not None:  # a passive declare of a missing queue kills the channel
+                await self.ensure_flow(flow)
+            return await topo.count(self._info, names)
         except OUTAGE as exc:
             raise TransportError(
                 f"rabbitmq transport: cannot count queue backlog: {exc!r}"
             ) from exc
-        return total

@@ -72,12 +72,28 @@ def _entry(raw: bytes) -> LedgerEntry:
     )
 
 
+async def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` (tests, benchmarks: never on a live bus)."""
+    redis = Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}:*", count=1000)]
+        for at in range(0, len(keys), 1000):
+            await redis.delete(*keys[at : at + 1000])
+    finally:
+        await redis.aclose()
+
+
 class RedisLedger:
     def __init__(self, redis: Redis, prefix: str, ttl: float):
         self.r = redis
         self.batch = RedisBatch(redis)
         self.p = prefix
         self.ttl = int(ttl)
+        # per state: its index key, and the other states' (a message sits in exactly one)
+        self._state_idx = {
+            s: (self._k("idx", "state", s), [self._k("idx", "state", o) for o in _STATES if o != s])
+            for s in _STATES
+        }
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.p, *parts))
@@ -87,22 +103,29 @@ class RedisLedger:
         for e in entries:
             by_id.setdefault(e.message_id, []).append(orjson.dumps(e.to_dict()))
         for mid, lines in by_id.items():
-            tx.add("RPUSH", self._k("ledger", mid), *lines)
-            tx.add("EXPIRE", self._k("ledger", mid), self.ttl)
+            key = f"{self.p}:ledger:{mid}"
+            tx.add("RPUSH", key, *lines)
+            tx.add("EXPIRE", key, self.ttl)
 
     def _index_state(self, tx: Tx, mid: str, state: str, created_at: float) -> None:
-        for other in _STATES:
-            if other != state:
-                tx.add("ZREM", self._k("idx", "state", other), mid)
-        tx.add("ZADD", self._k("idx", "state", state), created_at, mid)
+        key, others = self._state_idx[state]
+        for other in others:
+            tx.add("ZREM", other, mid)
+        tx.add("ZADD", key, created_at, mid)
 
     # ----- writes -------------------------------------------------------------------------
-    def _received(self, tx: Tx, items: Iterable[tuple[Envelope, float]], now: float) -> None:
-        for env, available_at in items:
-            key = self._k("msg", env.id)
+    def _received(
+        self,
+        tx: Tx,
+        items: Iterable[tuple[Envelope, float]],
+        now: float,
+        bodies: Sequence[bytes] | None = None,
+    ) -> None:
+        for at, (env, available_at) in enumerate(items):
+            key = f"{self.p}:msg:{env.id}"
             tx.add(
                 "HSET", key,
-                "envelope", env.to_json(),
+                "envelope", bodies[at] if bodies is not None else env.to_json(),
                 "state", "queued",
                 "flow", env.flow,
                 "gen", 0,
@@ -113,18 +136,31 @@ class RedisLedger:
                 "correlation_id", env.correlation_id,
             )  # fmt: skip
             tx.add("EXPIRE", key, self.ttl)
-            for idx in (("all",), ("flow", env.flow), ("corr", env.correlation_id)):
-                tx.add("ZADD", self._k("idx", *idx), now, env.id)
+            tx.add("ZADD", f"{self.p}:idx:all", now, env.id)
+            tx.add("ZADD", f"{self.p}:idx:flow:{env.flow}", now, env.id)
+            tx.add("ZADD", f"{self.p}:idx:corr:{env.correlation_id}", now, env.id)
             self._index_state(tx, env.id, "queued", now)
 
     async def received(
-        self, items: Sequence[tuple[Envelope, float]], entries: Sequence[LedgerEntry], now: float
-    ) -> None:
-        """New queued messages (envelope, available_at) with their 'received' lines."""
+        self,
+        items: Sequence[tuple[Envelope, float]],
+        entries: Sequence[LedgerEntry],
+        now: float,
+        *,
+        bodies: Sequence[bytes] | None = None,
+        claim: tuple[str, bytes, int] | None = None,
+    ) -> bytes | None:
+        """New queued messages (envelope, available_at) with their 'received' lines; ``bodies``
+        are the envelopes' JSON when the caller has it already. With ``claim`` (a dedupe key's
+        ``SET NX PX`` arguments) they are written only if the claim is won, in the same atomic
+        call; returns the value holding the key when it is not won, else None."""
         tx = Tx()
-        self._received(tx, items, now)
+        self._received(tx, items, now, bodies)
         self._log(tx, entries)
-        await self.batch.apply(tx)
+        if claim is None:
+            await self.batch.apply(tx)
+            return None
+        return await self.batch.claim(*claim, tx)
 
     async def forget(self, ids: Sequence[str]) -> None:
         """Undo ``received`` for messages whose publish failed (nothing was queued)."""

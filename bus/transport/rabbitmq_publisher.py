@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractExchange
 
 from bus.envelope import Envelope
 from bus.errors import TransportError
+from bus.transport.rabbitmq_batch import PublishBatch
 from bus.transport.rabbitmq_topology import TIER_HEADER, tier_for
 
 log = structlog.get_logger()
@@ -71,7 +72,10 @@ def properties(
 
 
 class Publisher:
-    """Sends messages on a confirm channel's exchanges, retrying through short outages."""
+    """Sends messages on a confirm channel's exchanges, retrying through short outages.
+
+    Concurrent sends share socket writes (``PublishBatch``); each still waits for its own confirm.
+    """
 
     def __init__(
         self,
@@ -82,45 +86,65 @@ class Publisher:
         give_up_after: float = 5.0,
         clock=time.time,
     ):
+        if not (events.channel is delay.channel is dlx.channel):
+            raise ValueError(
+                "Publisher: declare the events, delay and dlx exchanges on one channel"
+            )
         self._events, self._delay, self._dlx = events, delay, dlx
+        self.batch = PublishBatch(events.channel, within=give_up_after)
         self._give_up_after = give_up_after
         self._clock = clock
 
-    async def send(self, envelope: Envelope, *, gen: int = 0, due: float = 0.0) -> None:
-        """Queue ``envelope`` on its flow, parked in a delay tier while ``due`` is far enough off."""
+    async def send(
+        self, envelope: Envelope, *, gen: int = 0, due: float = 0.0, body: bytes | None = None
+    ) -> None:
+        """Queue ``envelope`` on its flow, parked in a delay tier while ``due`` is far enough off;
+        ``body`` is its JSON when the caller has it already."""
         tier = tier_for(due - self._clock()) if due else None
         if tier is None:
-            await self._publish(self._events, envelope, properties(envelope, gen, due))
+            await self._publish(self._events, envelope, properties(envelope, gen, due), body)
         else:
             props = properties(envelope, gen, due, {TIER_HEADER: tier[1]})
-            await self._publish(self._delay, envelope, props)
+            await self._publish(self._delay, envelope, props, body)
 
-    async def send_many(self, items: Sequence[tuple[Envelope, float]], gen: int = 0) -> None:
-        """Send (envelope, due) pairs concurrently: their confirms arrive pipelined."""
-        await asyncio.gather(*(self.send(env, gen=gen, due=due) for env, due in items))
+    async def send_many(
+        self, items: Sequence[tuple[Envelope, float, bytes | None]], gen: int = 0
+    ) -> None:
+        """Send (envelope, due, body or None) triples concurrently: they share writes and confirms."""
+        if len(items) == 1:  # the common case, without gather's tasks
+            env, due, body = items[0]
+            await self.send(env, gen=gen, due=due, body=body)
+            return
+        await asyncio.gather(
+            *(self.send(env, gen=gen, due=due, body=body) for env, due, body in items)
+        )
 
     async def dead(self, envelope: Envelope, gen: int, headers: Mapping[str, object]) -> None:
         """Archive a dead letter in its flow's DLQ, the error and attempts in its headers."""
         await self._publish(self._dlx, envelope, properties(envelope, gen, 0.0, headers))
 
-    async def _publish(self, exchange: AbstractExchange, envelope: Envelope, props: Properties) -> None:
+    async def _publish(
+        self,
+        exchange: AbstractExchange,
+        envelope: Envelope,
+        props: Properties,
+        body: bytes | None = None,
+    ) -> None:
         """Publish on ``exchange`` with the flow as routing key; returns once confirmed."""
-        body, key, msg_id = envelope.to_json(), envelope.flow, envelope.id
+        body = envelope.to_json() if body is None else body
+        key, msg_id = envelope.flow, envelope.id
         deadline = time.monotonic() + self._give_up_after
         pause = 0.05
+        retry = False
         while True:
-            left = deadline - time.monotonic()
             try:
-                # what Exchange.publish does, without building an aio_pika.Message each time;
-                # one timeout covers waiting out a reconnect and the confirm (no extra task)
-                async with asyncio.timeout(max(left, 0.01)):
-                    if exchange.channel.is_closed:
-                        raise aiormq.exceptions.ChannelInvalidStateError(f"{exchange.channel} closed")
-                    channel = await exchange.channel.get_underlay_channel()
-                    await channel.basic_publish(
-                        body, exchange=exchange.name, routing_key=key, properties=props,
-                        mandatory=True,
-                    )
+                if exchange.channel.is_closed:
+                    raise aiormq.exceptions.ChannelInvalidStateError(f"{exchange.channel} closed")
+                if not retry:  # the batch's timer covers waiting out a reconnect and the confirm
+                    await self.batch.publish(exchange.name, key, body, props)
+                else:  # only what is left of the time
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.01)):
+                        await self.batch.publish(exchange.name, key, body, props, timed=False)
                 return
             except aio_pika.exceptions.DeliveryError as exc:  # the broker said no: do not retry
                 raise TransportError(
@@ -135,5 +159,6 @@ class Publisher:
                         f"({type(exc).__name__}: {exc}); is the broker up? retry later"
                     ) from exc
                 log.warning("transport.publish_retry", message_id=msg_id, error=repr(exc))
+                retry = True
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.5)

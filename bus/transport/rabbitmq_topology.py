@@ -113,6 +113,16 @@ async def declare_flow(
     return queue
 
 
+async def count(channel: AbstractChannel, queues: Sequence[str]) -> int:
+    """Ready messages in ``queues``, by passive declares on aiormq's channel: aio-pika's robust
+    channel answers a passive declare of a queue it declared before from its cache (a stale count)."""
+    underlay = await channel.get_underlay_channel()
+    total = 0
+    for name in queues:
+        total += (await underlay.queue_declare(name, passive=True)).message_count or 0
+    return total
+
+
 async def delete_all(channel: AbstractChannel, names: Names, flows: Sequence[str]) -> None:
     """Remove every queue and exchange of ``names`` for ``flows`` (tests, tooling)."""
     for flow in flows:

@@ -8,24 +8,44 @@ in; while a pipeline is on the wire, later commands queue up and go together in 
 One pipeline is in flight at a time, so commands run in the order they were issued, and a quiet
 worker still pays one round trip per command.
 
-Each command keeps its own result or error; a connection failure fails every command of its
-pipeline. A caller that stops waiting (cancelled) does not unsend its command.
+Pipelines go on one connection the batch keeps (checked like a pool checkout after an idle
+second), written in one go (hiredis packs the commands in C) and read reply by reply, each read
+as ``execute_command`` would (the client's response callbacks). Each command keeps its own
+result or error; a connection failure fails every command of its pipeline not answered yet. A
+caller that stops waiting (cancelled) does not unsend its command. Scripts go as EVALSHA (their
+text is sent again only after a NOSCRIPT: a restarted or flushed Redis).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
+import hiredis
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 MAX_BATCH = 512  # commands per pipeline: bounds one write and one burst of reply parsing
+IDLE_CHECK = 1.0  # seconds unused after which the connection is checked before a write
 
 # ARGV[1] is a JSON list of commands: run them in order, in one script call, so no reader sees
 # part of them (what MULTI/EXEC gives, in one command and one reply). One JSON argument instead
 # of a word per argument: orjson builds it in C, where redis-py would encode word by word.
 APPLY = "for _, c in ipairs(cjson.decode(ARGV[1])) do redis.call(unpack(c)) end return 1"
+
+# ARGV: key, value, milliseconds, commands (as for APPLY). SET NX PX, and only if that set the key
+# run the commands; else answer the value held (a script runs alone: it cannot expire meanwhile).
+CLAIM = """
+if redis.call('SET', ARGV[1], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  for _, c in ipairs(cjson.decode(ARGV[4])) do redis.call(unpack(c)) end
+  return false
+end
+return redis.call('GET', ARGV[1])
+"""
 
 
 def _text(value: object) -> str:
@@ -55,11 +75,21 @@ class Tx:
 class RedisBatch:
     """Coalesces commands from concurrent callers into pipelines (see the module doc)."""
 
-    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH):
+    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH, idle_check: float = IDLE_CHECK):
         self._r = redis
         self._max = max_batch
+        self._idle_check = idle_check
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._drain: asyncio.Task[None] | None = None
+        self._sha: dict[str, str] = {}
+        self._conn: Connection | None = None
+        self._used_at = 0.0
+
+    async def aclose(self) -> None:
+        """Hand the batch's connection back to the client's pool (the client stays open)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._r.connection_pool.release(conn)
 
     def call(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command (as for ``Redis.execute_command``); await the result for its reply."""
@@ -70,10 +100,27 @@ class RedisBatch:
             self._drain = loop.create_task(self._run())
         return fut
 
+    async def script(self, source: str, *args: Any) -> Any:
+        """Run the Lua script ``source`` (no KEYS, ``args`` as ARGV); its reply."""
+        sha = self._sha.get(source)
+        if sha is None:
+            sha = self._sha[source] = hashlib.sha1(source.encode()).hexdigest()
+        try:
+            return await self.call("EVALSHA", sha, 0, *args)
+        except NoScriptError:  # not cached by this server yet: EVAL caches it
+            return await self.call("EVAL", source, 0, *args)
+
     async def apply(self, tx: Tx) -> None:
         """Run ``tx``'s commands in order as one atomic unit."""
         if tx:
-            await self.call("EVAL", APPLY, 0, orjson.dumps(tx.commands, default=_text))
+            await self.script(APPLY, orjson.dumps(tx.commands, default=_text))
+
+    async def claim(self, key: str, value: bytes, ttl_ms: int, tx: Tx) -> bytes | None:
+        """Set ``key`` to ``value`` for ``ttl_ms`` unless it is set; only if this call set it, run
+        ``tx`` in the same atomic unit and return None, else return the value it holds."""
+        return await self.script(
+            CLAIM, key, value, ttl_ms, orjson.dumps(tx.commands, default=_text)
+        )
 
     async def _run(self) -> None:
         try:
@@ -88,24 +135,64 @@ class RedisBatch:
             self._queue = []
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        pipe = self._r.pipeline(transaction=False)
-        for args, _ in batch:
-            pipe.execute_command(*args)
+        """One write of every command, then their replies in order, on the batch's connection.
+
+        What a redis-py pipeline does, minus its per-command machinery (hiredis packs in C) and a
+        pool checkout each time."""
+        sent: list[tuple[Any, asyncio.Future[Any]]] = []
+        packed = []
+        callbacks = self._r.response_callbacks  # what execute_command makes of each reply
+        for args, fut in batch:
+            try:
+                packed.append(hiredis.pack_command(args))
+                sent.append((callbacks.get(args[0]), fut))
+            except TypeError as exc:  # a word Redis has no type for (None, a bool): only this one
+                if not fut.done():
+                    fut.set_exception(DataError(f"redis_batch: cannot send {args!r}: {exc}"))
+        if not sent:
+            return
+        replied = 0
+        loop = asyncio.get_running_loop()
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            conn = self._conn
+            if conn is None:  # kept: one pipeline is in flight at a time, so one connection serves
+                conn = self._conn = await self._r.connection_pool.get_connection()
+            elif loop.time() - self._used_at >= self._idle_check:
+                await _ensure(conn)
+            self._used_at = loop.time()
+            try:
+                await conn.send_packed_command(b"".join(packed), check_health=False)
+                for callback, fut in sent:
+                    try:
+                        reply = await conn.read_response()
+                    except ResponseError as exc:  # this command's error: the others go on
+                        reply = exc
+                    replied += 1
+                    if fut.done():  # its caller was cancelled
+                        continue
+                    if isinstance(reply, Exception):
+                        fut.set_exception(reply)
+                    else:
+                        fut.set_result(callback(reply) if callback else reply)
+            except BaseException:  # a reply left unread would be taken for the next one's
+                await conn.disconnect(nowait=True)  # the next send connects again
+                raise
         except asyncio.CancelledError:
-            for _, fut in batch:
+            for _, fut in sent[replied:]:
                 fut.cancel()
             raise
-        except Exception as exc:  # the connection failed: every command shares the error
-            for _, fut in batch:
+        except Exception as exc:  # the connection failed: every command not answered shares it
+            for _, fut in sent[replied:]:
                 if not fut.done():
                     fut.set_exception(exc)
-            return
-        for (_, fut), reply in zip(batch, replies, strict=True):
-            if fut.done():  # its caller was cancelled
-                continue
-            if isinstance(reply, Exception):
-                fut.set_exception(reply)
-            else:
-                fut.set_result(reply)
+
+
+async def _ensure(conn: Connection) -> None:
+    """What the pool checks on a checkout: a connection the server closed while it sat idle, or
+    one holding bytes nobody asked for, is connected afresh (a command sent on it would fail)."""
+    pending = getattr(conn, "can_read", None) or conn.can_read_destructive  # renamed in redis-py 8
+    try:
+        if await pending():
+            await conn.disconnect()
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        await conn.disconnect()

@@ -290,6 +290,97 @@ async def test_redelivery_finishes_a_recorded_but_unsent_outbox(make: Make) -> N
     transport.consume("child", rec)
     got = await rec.next()
     assert (got.id, got.body) == (child.id, {"n": 2})
-    after = await transport.ledger.peek(parent.id)
-    assert after is not None and (after.gen, after.sent, after.outbox) == (1, 1, [])
+    # the child can reach its consumer before the broker confirms it to the parent's flush
+    for _ in range(100):
+        after = await transport.ledger.peek(parent.id)
+        assert after is not None
+        if after.sent == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert (after.gen, after.sent, after.outbox) == (1, 1, [])
     assert ran == []
+
+
+async def test_concurrent_publishes_are_each_confirmed_and_recorded(make: Make) -> None:
+    """Publishes issued together (they share Redis pipelines and broker writes) each come back
+    accepted only once queued, each with its own record and 'received' line."""
+    transport = await make(flows=["many"])
+    envs = [Envelope.new("many", {"i": i}) for i in range(50)]
+    results = await asyncio.gather(*(transport.publish([e]) for e in envs))
+    assert [r.accepted for r in results] == [[e.id] for e in envs]
+    assert await transport.backlog("many") == len(envs)
+    records = [await transport.message(e.id) for e in envs]
+    assert [r.envelope for r in records if r] == envs
+    assert all([[x.kind for x in await transport.history(e.id)] == ["received"] for e in envs])
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        queue = await (await connection.channel()).get_queue(transport.names.flow("many"))
+        got = [await queue.get(no_ack=False) for _ in envs]
+        assert sorted(m.message_id for m in got if m) == sorted(e.id for e in envs)
+        for m in got:
+            assert m is not None
+            await m.reject(requeue=True)
+
+
+async def test_body_larger_than_a_frame_arrives_whole(make: Make) -> None:
+    """A message bigger than the negotiated frame size is split into body frames and joined
+    again: the consumer gets the envelope exactly as published."""
+    transport = await make()
+    rec = Recorder(complete)
+    transport.consume("big", rec)
+    env = Envelope.new("big", {"blob": "x" * 300_000, "n": [1, 2, 3]})
+    await transport.publish([env])
+    got = await rec.next()
+    assert (got.id, got.body) == (env.id, env.body)
+
+
+async def test_refused_publish_undoes_the_claim_and_records(make: Make) -> None:
+    """A publish the broker refuses (a bound queue full, reject-publish) is a TransportError, and
+    leaves neither a record nor the dedupe claim: the vendor's retry is taken, not a duplicate."""
+    transport = await make(flows=["full"])
+    p = transport.names.prefix
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        full = await channel.declare_queue(
+            f"{p}.test-full", arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        )
+        await full.bind(f"{p}.events", routing_key="full")
+        try:
+            env = Envelope.new("full", {"n": 1})
+            with pytest.raises(TransportError, match="refused"):
+                await transport.publish([env], dedupe_key="vendor:evt-1")
+            assert await transport.message(env.id) is None
+        finally:
+            await full.delete(if_unused=False, if_empty=False)
+    retry = Envelope.new("full", {"n": 1})
+    result = await transport.publish([retry], dedupe_key="vendor:evt-1")
+    assert (result.accepted, result.duplicate_of) == ([retry.id], None)
+
+
+async def test_dedupe_holds_across_processes_sharing_a_prefix(make: Make) -> None:
+    """Two transports on one prefix (two serve processes): one publish per dedupe key wins; the
+    other answers duplicate_of with the winner's ids, and only the winner is queued."""
+    first = await make(flows=["hooks"])
+    second = await make(prefix=first.names.prefix, flows=["hooks"])
+    a, b = Envelope.new("hooks", {"from": "a"}), Envelope.new("hooks", {"from": "b"})
+    ra, rb = await asyncio.gather(
+        first.publish([a], dedupe_key="vendor:evt-7"), second.publish([b], dedupe_key="vendor:evt-7")
+    )
+    winner, loser = (ra, rb) if ra.accepted else (rb, ra)
+    assert len(winner.accepted) == 1 and (loser.accepted, loser.duplicate_of) == ([], winner.accepted)
+    assert await first.backlog("hooks") == 1
+    lost = b.id if winner is ra else a.id
+    assert await first.message(lost) is None
+    assert [e.kind for e in await first.history(winner.accepted[0])] == ["received", "duplicate"]
+
+
+async def test_backlog_counts_what_is_queued_now(make: Make) -> None:
+    """backlog() asks the broker every time: it follows publishes, not its first answer (which
+    aio-pika's robust channel would otherwise repeat), so the backlog bound can trip."""
+    transport = await make(flows=["count"])
+    assert await transport.backlog("count") == 0
+    await transport.publish([Envelope.new("count", {})])
+    assert await transport.backlog("count") == 1
+    await transport.publish([Envelope.new("count", {}), Envelope.new("count", {})])
+    assert (await transport.backlog("count"), await transport.backlog()) == (3, 3)

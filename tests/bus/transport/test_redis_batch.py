@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Connection, ConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
 
 from bus.envelope import new_id
 from bus.transport.redis_batch import RedisBatch, Tx
@@ -27,20 +30,42 @@ async def redis() -> AsyncIterator[tuple[Redis, str]]:
 
 
 async def test_concurrent_calls_share_pipelines_in_order(redis: tuple[Redis, str]) -> None:
-    """Calls issued together go in fewer pipelines than calls, run in order, each gets its reply."""
+    """Calls issued together go in fewer round trips than calls, run in order, each gets its reply."""
+    _, p = redis
+    trips: list[int] = []
+
+    class Counting(Connection):  # the client is injected: count the writes it makes
+        async def send_packed_command(self, *args, **kwargs):
+            trips.append(1)
+            return await super().send_packed_command(*args, **kwargs)
+
+    client = Redis(connection_pool=ConnectionPool.from_url(REDIS_URL, connection_class=Counting))
+    try:
+        batch = RedisBatch(client)
+        replies = await asyncio.gather(*(batch.call("RPUSH", f"{p}:list", i) for i in range(50)))
+        assert replies == list(range(1, 51))  # RPUSH answers the new length: issue order kept
+        assert 1 <= len(trips) < 50
+        assert await client.lrange(f"{p}:list", 0, -1) == [str(i).encode() for i in range(50)]
+        await batch.aclose()
+    finally:
+        await client.aclose()
+
+
+async def test_replies_read_as_redis_py_reads_them(redis: tuple[Redis, str]) -> None:
+    """Each reply gets the client's response callback (SET → True, HGETALL → dict), as
+    ``execute_command`` would give it; a word Redis has no type for fails only its own call."""
     client, p = redis
-    pipelines: list[int] = []
-
-    class Counting(Redis):  # the client is injected: count the pipelines it is asked for
-        def pipeline(self, transaction=True, shard_hint=None):
-            pipelines.append(1)
-            return super().pipeline(transaction, shard_hint)
-
-    batch = RedisBatch(Counting(connection_pool=client.connection_pool))
-    replies = await asyncio.gather(*(batch.call("RPUSH", f"{p}:list", i) for i in range(50)))
-    assert replies == list(range(1, 51))  # RPUSH answers the new length: issue order kept
-    assert 1 <= len(pipelines) < 50
-    assert await client.lrange(f"{p}:list", 0, -1) == [str(i).encode() for i in range(50)]
+    batch = RedisBatch(client)
+    got = await asyncio.gather(
+        batch.call("SET", f"{p}:s", "v"),
+        batch.call("HSET", f"{p}:h", "f", 1.5),
+        batch.call("HGETALL", f"{p}:h"),
+        batch.call("SET", f"{p}:n", None),
+        batch.call("GET", f"{p}:s"),
+        return_exceptions=True,
+    )
+    assert got[:3] == [True, 1, {b"f": b"1.5"}] and got[4] == b"v"
+    assert isinstance(got[3], DataError)
 
 
 async def test_a_failing_command_fails_only_its_caller(redis: tuple[Redis, str]) -> None:
@@ -81,8 +106,56 @@ async def test_connection_failure_fails_every_caller() -> None:
     client = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
     batch = RedisBatch(client)
     try:
-        got = await asyncio.gather(*(batch.call("GET", f"k{i}") for i in range(3)),
-                                   return_exceptions=True)
+        got = await asyncio.gather(
+            *(batch.call("GET", f"k{i}") for i in range(3)), return_exceptions=True
+        )
     finally:
         await client.aclose()
     assert all(isinstance(g, Exception) for g in got), got
+
+
+async def test_claim_writes_only_when_it_wins(redis: tuple[Redis, str]) -> None:
+    """claim() sets the key and runs its commands only if the key was free; else it answers the
+    value held and writes nothing."""
+    client, p = redis
+    batch = RedisBatch(client)
+    won, lost = Tx(), Tx()
+    won.add("SET", f"{p}:won", "1")
+    lost.add("SET", f"{p}:lost", "1")
+    first, second = await asyncio.gather(
+        batch.claim(f"{p}:key", b'["a"]', 60_000, won),
+        batch.claim(f"{p}:key", b'["b"]', 60_000, lost),
+    )
+    assert (first, second) == (None, b'["a"]')
+    assert (await client.get(f"{p}:won"), await client.get(f"{p}:lost")) == (b"1", None)
+    assert 0 < await client.pttl(f"{p}:key") <= 60_000
+
+
+async def test_script_not_cached_by_the_server_is_sent_whole(redis: tuple[Redis, str]) -> None:
+    """A script Redis has not seen (NOSCRIPT on EVALSHA) still runs: its text is sent once."""
+    client, p = redis
+    batch = RedisBatch(client)
+    source = f"-- {p}\nreturn ARGV[1]"  # unique text: never cached before this test
+    sha = hashlib.sha1(source.encode()).hexdigest()
+    assert await client.script_exists(sha) == [False]
+    assert await batch.script(source, "hello") == b"hello"
+    assert await client.script_exists(sha) == [True]
+    assert await batch.script(source, "again") == b"again"
+
+
+@pytest.mark.parametrize("idle_check", [0.0, 1e9], ids=["checked", "unchecked"])
+async def test_connection_closed_while_idle_is_replaced(
+    redis: tuple[Redis, str], idle_check: float
+) -> None:
+    """The server closing the batch's connection between calls (an idle timeout, a restart) is
+    found before the next write, which goes on a new connection; unchecked, that call fails."""
+    client, p = redis
+    batch = RedisBatch(client, idle_check=idle_check)
+    cid = await batch.call("CLIENT", "ID")
+    await client.client_kill_filter(_id=cid)
+    if idle_check:
+        with pytest.raises(RedisConnectionError):
+            await batch.call("SET", f"{p}:k", "v")
+        return
+    assert await batch.call("SET", f"{p}:k", "v") is True
+    assert await batch.call("CLIENT", "ID") != cid
