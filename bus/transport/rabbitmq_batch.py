@@ -27,21 +27,20 @@ from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 
 from bus.transport import rabbitmq_frames
+from bus.transport.tick_batch import TickBatcher
 
 MAX_BATCH = 256  # messages per write: bounds one frame's size and one burst of marshalling
 
 Item = tuple[str, str, bytes, Basic.Properties, bool, asyncio.Future]
 
 
-class PublishBatch:
+class PublishBatch(TickBatcher):
     """Coalesces concurrent publishes on one (robust) confirm channel (see the module doc)."""
 
     def __init__(self, channel: AbstractChannel, within: float, max_batch: int = MAX_BATCH):
+        super().__init__(max_batch)
         self._channel = channel
         self._within = within
-        self._max = max_batch
-        self._queue: list[Item] = []
-        self._drain: asyncio.Task[None] | None = None
         self._deadlines: deque[tuple[float, asyncio.Future]] = deque()  # in deadline order
         self._timer: asyncio.TimerHandle | None = None
         self.writes = 0  # frames of one or more messages handed to the connection's writer
@@ -63,9 +62,7 @@ class PublishBatch:
         in order), where a timeout each would cost a timer each."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((exchange, routing_key, body, properties, mandatory, fut))
-        if self._drain is None:
-            self._drain = loop.create_task(self._run())
+        self._enqueue((exchange, routing_key, body, properties, mandatory, fut))
         if timed:
             self._watch(loop, fut)
         return fut
@@ -90,17 +87,6 @@ class PublishBatch:
         if pending:
             self._timer = asyncio.get_running_loop().call_at(pending[0][0], self._expire)
 
-    async def _run(self) -> None:
-        try:
-            while self._queue:
-                await asyncio.sleep(0)  # one more tick: the callers woken with this one join in
-                batch, self._queue = self._queue[: self._max], self._queue[self._max :]
-                await self._send(batch)
-        finally:
-            self._drain = None
-            for *_, fut in self._queue:  # only when cancelled mid-way (loop shutting down)
-                fut.cancel()
-            self._queue = []
 
     async def _send(self, batch: list[Item]) -> None:
         try:

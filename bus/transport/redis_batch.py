@@ -29,6 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bus.transport.tick_batch import TickBatcher
+
 MAX_BATCH = 512  # commands per pipeline: bounds one write and one burst of reply parsing
 IDLE_CHECK = 1.0  # seconds unused after which the connection is checked before a write
 
@@ -72,15 +74,13 @@ class Tx:
         return bool(self.commands)
 
 
-class RedisBatch:
+class RedisBatch(TickBatcher):
     """Coalesces commands from concurrent callers into pipelines (see the module doc)."""
 
     def __init__(self, redis: Redis, max_batch: int = MAX_BATCH, idle_check: float = IDLE_CHECK):
+        super().__init__(max_batch)
         self._r = redis
-        self._max = max_batch
         self._idle_check = idle_check
-        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._drain: asyncio.Task[None] | None = None
         self._sha: dict[str, str] = {}
         self._conn: Connection | None = None
         self._used_at = 0.0
@@ -95,9 +95,7 @@ class RedisBatch:
         """Queue one command (as for ``Redis.execute_command``); await the result for its reply."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((args, fut))
-        if self._drain is None:
-            self._drain = loop.create_task(self._run())
+        self._enqueue((args, fut))
         return fut
 
     async def script(self, source: str, *args: Any) -> Any:
@@ -122,17 +120,6 @@ class RedisBatch:
             CLAIM, key, value, ttl_ms, orjson.dumps(tx.commands, default=_text)
         )
 
-    async def _run(self) -> None:
-        try:
-            while self._queue:
-                await asyncio.sleep(0)  # one more tick: the callers woken with this one join in
-                batch, self._queue = self._queue[: self._max], self._queue[self._max :]
-                await self._send(batch)
-        finally:
-            self._drain = None
-            for _, fut in self._queue:  # only when cancelled mid-way (loop shutting down)
-                fut.cancel()
-            self._queue = []
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
         """One write of every command, then their replies in order, on the batch's connection.

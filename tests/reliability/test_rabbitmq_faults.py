@@ -72,6 +72,13 @@ async def drop_prefix(prefix: str) -> None:
     await transport.drop()
 
 
+def rabbit_config(tmp_path: Path, sink_url: str, prefix: str) -> Path:
+    """The fault runs' flows.yaml on the RabbitMQ transport, its names under ``prefix``."""
+    settings = (f"  transport: rabbitmq\n  amqp_url: \"{AMQP_URL}\"\n"
+                f"  redis_url: \"{REDIS_URL}\"\n  broker_prefix: \"{prefix}\"")
+    return write_config(tmp_path, flows_yaml(sink_url, settings=settings))
+
+
 async def test_broker_restart_and_worker_kill_under_load(tmp_path: Path, sink, procs: Procs,
                                                          port: int) -> None:
     """serve + 2 workers; broker stop/start and a worker SIGKILL under load: each 202 delivered once."""
@@ -79,9 +86,7 @@ async def test_broker_restart_and_worker_kill_under_load(tmp_path: Path, sink, p
     started = time.monotonic()
     state, sink_url = sink
     prefix = f"fault-{new_id().lower()}"
-    settings = (f"  transport: rabbitmq\n  amqp_url: \"{AMQP_URL}\"\n"
-                f"  redis_url: \"{REDIS_URL}\"\n  broker_prefix: \"{prefix}\"")
-    config = write_config(tmp_path, flows_yaml(sink_url, settings=settings))
+    config = rabbit_config(tmp_path, sink_url, prefix)
     url = f"http://127.0.0.1:{port}"
     notes: list[str] = []
     try:

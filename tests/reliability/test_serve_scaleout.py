@@ -15,9 +15,9 @@ from pathlib import Path
 from bus.envelope import new_id
 
 from .accounting import Load, account, ids
-from .conftest import Procs, flows_yaml, wait_healthy, write_config
+from .conftest import Procs, wait_healthy
 from .test_embedded_faults import until
-from .test_rabbitmq_faults import AMQP_URL, REDIS_URL, broker_answers, drop_prefix
+from .test_rabbitmq_faults import broker_answers, drop_prefix, rabbit_config
 
 MESSAGES = int(os.environ.get("TIELINE_FAULT_SCALEOUT_MESSAGES", "1200"))
 
@@ -34,9 +34,7 @@ async def test_two_servers_share_a_port_and_survive_one_kill(tmp_path: Path, sin
     started = time.monotonic()
     state, sink_url = sink
     prefix = f"scaleout-{new_id().lower()}"
-    settings = (f"  transport: rabbitmq\n  amqp_url: \"{AMQP_URL}\"\n"
-                f"  redis_url: \"{REDIS_URL}\"\n  broker_prefix: \"{prefix}\"")
-    config = write_config(tmp_path, flows_yaml(sink_url, settings=settings))
+    config = rabbit_config(tmp_path, sink_url, prefix)
     url = f"http://127.0.0.1:{port}"
     notes: list[str] = []
     try:

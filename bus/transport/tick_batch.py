@@ -1,0 +1,40 @@
+"""The coalescing loop the Redis and RabbitMQ batchers share.
+
+Callers queue items (their last element is the caller's future) and return at once; one task
+sends what is queued, ``max_batch`` at a time, and everything queued while a batch is on its
+way goes into the next one: N concurrent callers cost one round trip, not N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class TickBatcher:
+    """Subclasses implement ``_send(batch)``, which settles each item's future."""
+
+    def __init__(self, max_batch: int):
+        self._max = max_batch
+        self._queue: list[tuple[Any, ...]] = []
+        self._drain: asyncio.Task[None] | None = None
+
+    def _enqueue(self, item: tuple[Any, ...]) -> None:
+        self._queue.append(item)
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                await asyncio.sleep(0)  # one more tick: the callers woken with this one join in
+                batch, self._queue = self._queue[: self._max], self._queue[self._max :]
+                await self._send(batch)
+        finally:
+            self._drain = None
+            for *_, fut in self._queue:  # only when cancelled mid-way (loop shutting down)
+                fut.cancel()
+            self._queue = []
+
+    async def _send(self, batch: list[Any]) -> None:
+        raise NotImplementedError
