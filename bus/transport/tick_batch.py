@@ -8,10 +8,11 @@ way goes into the next one: N concurrent callers cost one round trip, not N.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from typing import Any
 
 
-class TickBatcher:
+class TickBatcher(ABC):
     """Subclasses implement ``_send(batch)``, which settles each item's future."""
 
     def __init__(self, max_batch: int):
@@ -36,5 +37,6 @@ class TickBatcher:
                 fut.cancel()
             self._queue = []
 
+    @abstractmethod
     async def _send(self, batch: list[Any]) -> None:
-        raise NotImplementedError
+        """Send ``batch`` and settle each item's future (its last element)."""
