@@ -62,7 +62,7 @@ def outbound_client(config: Config) -> httpx.AsyncClient:
     import ipaddress
     from urllib.parse import urlsplit
 
-    from bus.security.netguard import guarded_client
+    from bus.security.outbound import guarded_client
 
     s = config.settings
     allowed = list(s.outbound_allow)
@@ -244,6 +244,7 @@ class Runtime:
                 port=port if port is not None else http.port,
                 log_level="warning",
                 lifespan="off",
+                ws="none",  # no WebSocket routes; spares loading a WebSocket stack at start
                 access_log=False,
                 **tls,
             )
@@ -256,6 +257,7 @@ class Runtime:
             sockets = [_shared_listener(server.config.host, server.config.port)]
         await self.start(consume=consume)
         background = self._reload_triggers(config_path, watch)
+        background.append(asyncio.ensure_future(self._warm_up_outbound(server)))
         try:
             await server.serve(sockets=sockets)
         finally:
@@ -279,6 +281,15 @@ class Runtime:
             for task in background:
                 task.cancel()
             await self.stop()
+
+    async def _warm_up_outbound(self, server: object) -> None:
+        """Load the outbound client's I/O stack (aiohttp) once the server listens, so start-up
+        does not wait for it and the first delivery rarely does (it builds it if still absent)."""
+        while not getattr(server, "started", True):
+            await asyncio.sleep(0.05)
+        warm_up = getattr(self.http, "warm_up", None)
+        if warm_up is not None:
+            warm_up()
 
     def _reload_triggers(self, config_path: Path | None, watch: bool) -> list[asyncio.Task]:
         import signal

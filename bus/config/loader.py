@@ -79,9 +79,10 @@ def load_config(path: str | Path, *, connector_types: Mapping[str, type[Connecto
     if data is None and issues:  # unreadable or not YAML: nothing more to check
         raise ConfigError(issues)
     data, touched, failed = interpolate(data, marks, os.environ if env is None else env, issues)
-    coerce(data, SCHEMA, touched)
+    valid = coerce(data, SCHEMA, touched)
     broken = []
-    for bad_path, issue in schema_issues(data, SCHEMA, marks, secrets=SECURITY_SECRETS):
+    found = [] if valid else schema_issues(data, SCHEMA, marks, secrets=SECURITY_SECRETS)
+    for bad_path, issue in found:
         broken.append(bad_path)
         if bad_path not in failed:  # an unset ${VAR} is reported once, not again as a bad value
             issues.append(issue)

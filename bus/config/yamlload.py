@@ -28,6 +28,9 @@ _PLAIN_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null")}
 _TRUE_FALSE = {"true", "True", "TRUE", "false", "False", "FALSE"}
 _OCTAL_11 = re.compile(r"[-+]?0[0-7_]+$")  # YAML 1.1 octal; YAML 1.2 writes 0o17
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*$")
+# libyaml's parser when PyYAML was built with it: the same nodes and marks, ~5x faster to
+# compose. It marks a plain scalar with style "" where the pure-Python one uses None.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def format_path(path: YamlPath) -> str:
@@ -89,7 +92,7 @@ def read_yaml(path: str | Path, issues: list[ConfigIssue],
     marks = MarkIndex(display or str(path))
     try:
         text = Path(path).read_text(encoding="utf-8")
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
     except (OSError, UnicodeDecodeError) as exc:
         issues.append(ConfigIssue(marks.file, 1, 1, "", f"cannot read the file: {exc}"))
         return None, marks
@@ -102,6 +105,15 @@ def read_yaml(path: str | Path, issues: list[ConfigIssue],
     if root is None:
         return None, marks
     return _Builder(marks, issues).build(root, ()), marks
+
+
+def _compose(text: str) -> Node | None:
+    try:
+        return yaml.compose(text, Loader=_LOADER)
+    except yaml.MarkedYAMLError:
+        # Parse again with the pure-Python parser: its syntax errors say what it found
+        # ("expected ',' or ']', but got ':'") where libyaml's only say what it missed.
+        return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
 class _Builder:
@@ -141,7 +153,7 @@ class _Builder:
         if node.tag not in _PLAIN_TAGS and node.tag != _TAG + "timestamp":
             self.error(node, path, f"unsupported YAML tag {node.tag!r}; remove it")
             return node.value
-        plain = node.style is None and node.tag != _TAG + "str"
+        plain = not node.style and node.tag != _TAG + "str"
         text = node.value
         if plain and node.tag == _TAG + "timestamp":
             self.error(node, path, f"unquoted '{text}' is read as a date by YAML 1.1; quote it")
@@ -191,7 +203,7 @@ class _Builder:
         if not isinstance(node, ScalarNode):
             self.error(node, path, "mapping keys must be plain strings, not lists or mappings")
             return None
-        if node.style is None and node.tag == _TAG + "bool" and node.value not in _TRUE_FALSE:
+        if not node.style and node.tag == _TAG + "bool" and node.value not in _TRUE_FALSE:
             self.error(node, path, f"unquoted '{node.value}' is read as a boolean by YAML 1.1; "
                                    "quote it or write true/false")
             return node.value

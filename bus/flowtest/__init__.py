@@ -9,8 +9,16 @@
     cli.py     the ``tieline test`` subcommand
 """
 
-from bus.flowtest.model import TestFile, load_test_file
-from bus.flowtest.report import CaseResult, Failure, summary
-from bus.flowtest.run import discover, run_tests
+import importlib
 
-__all__ = ["CaseResult", "Failure", "TestFile", "discover", "load_test_file", "run_tests", "summary"]
+# Loaded on first use: every `tieline` command builds its argument parser from cli.py, and
+# `tieline run` should not wait for the test runner (~35 ms of start-up).
+_EXPORTS = {"TestFile": "model", "load_test_file": "model", "CaseResult": "report",
+            "Failure": "report", "summary": "report", "discover": "run", "run_tests": "run"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -25,7 +25,7 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
-DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+from bus.security.outbound import DEFAULT_LIMITS
 # aiohttp adds these when absent; httpx decided already whether to send them.
 _NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (

@@ -7,9 +7,10 @@ what was checked and a DNS answer that changes between check and connect (DNS re
 redirect the connection. aiohttp dials an IP-address host without asking the resolver, so the
 transport checks those before sending; as a backstop the socket factory refuses any address the
 guard has not allowed. The URL is not rewritten, so Host, SNI and certificate checks still use
-the hostname. Redirects are the client's business: :func:`guarded_client` does not follow them
-unless asked, and each followed hop goes through the same check. Proxies and unix sockets are
-not used (a proxy would make the connection on our behalf, out of reach of the check).
+the hostname. Redirects are the client's business: the client
+(:func:`bus.security.outbound.guarded_client`, which builds this transport on first use) does not
+follow them unless asked, and each followed hop goes through the same check. Proxies and unix
+sockets are not used (a proxy would make the connection on our behalf, out of reach of the check).
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from bus.security.aiohttp_transport import DEFAULT_LIMITS, AiohttpTransport
+from bus.security.aiohttp_transport import AiohttpTransport
+from bus.security.outbound import DEFAULT_LIMITS, GuardedClient, guarded_client
+
+__all__ = ["AddressPolicy", "BlockedAddressError", "GuardedClient", "GuardedResolver",
+           "GuardedTransport", "guarded_client", "is_public", "system_resolver"]
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
@@ -172,51 +177,3 @@ class GuardedTransport(AiohttpTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.guard.check_host(request.url.raw_host.decode("ascii"))
         return await super().handle_async_request(request)
-
-
-class _NoCookies(httpx.Cookies):
-    """A cookie jar that keeps nothing from responses."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        pass
-
-
-class GuardedClient(httpx.AsyncClient):
-    """The client :func:`guarded_client` returns; it remembers how it was built.
-
-    It keeps no cookies from responses: shared by every connector, it must not send one
-    connector's session cookie along with another's calls to the same host (and parsing
-    ``Set-Cookie`` on every response cost a fifth of the client's CPU). Cookies given to the
-    client, or per request, are still sent.
-    """
-
-    def __init__(self, options: dict[str, typing.Any], **kwargs: typing.Any):
-        self.options = options
-        super().__init__(**kwargs)
-        self.cookies = kwargs.get("cookies")
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._kept
-
-    @cookies.setter
-    def cookies(self, cookies: typing.Any) -> None:
-        self._kept = _NoCookies(cookies)  # given ones are sent; answers add none
-
-    def unverified(self) -> GuardedClient:
-        """A new client with the same address policy and settings that does not verify TLS
-        certificates (for a host with a self-signed certificate); the caller closes it."""
-        return guarded_client(**{**self.options, "verify": False})
-
-
-def guarded_client(*, allow_hosts: Iterable[str] = (), allow_cidrs: Iterable[str] = (),
-                   resolver: Resolver = system_resolver, follow_redirects: bool = False,
-                   verify: typing.Any = True, limits: httpx.Limits = DEFAULT_LIMITS,
-                   **kwargs: typing.Any) -> GuardedClient:
-    """An ``httpx.AsyncClient`` whose every connection (and followed redirect) is checked."""
-    options = dict(allow_hosts=allow_hosts, allow_cidrs=allow_cidrs, resolver=resolver,
-                   follow_redirects=follow_redirects, verify=verify, limits=limits, **kwargs)
-    transport = GuardedTransport(allow_hosts=allow_hosts, allow_cidrs=allow_cidrs,
-                                 resolver=resolver, verify=verify, limits=limits)
-    return GuardedClient(options, transport=transport, follow_redirects=follow_redirects,
-                         trust_env=False, **kwargs)

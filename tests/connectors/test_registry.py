@@ -45,6 +45,15 @@ def test_installed_entry_points_are_discovered():
     assert registry.failures == {}
 
 
+@pytest.mark.parametrize("type_name", sorted(ConnectorRegistry.from_entry_points().types))
+def test_shipped_config_schemas_are_valid_json_schema(type_name):
+    """The registry skips the metaschema check for shipped types at start-up; this is it."""
+    import jsonschema
+
+    schema = ConnectorRegistry.from_entry_points().types[type_name].config_schema
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+
+
 @pytest.mark.parametrize(
     ("name", "value", "failure"),
     [

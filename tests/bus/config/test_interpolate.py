@@ -51,3 +51,11 @@ def test_coerce_only_interpolated_values():
     coerce(data, schema, {("port",), ("ratio",), ("on",), ("name",), ("bad",)})
     assert data == {"port": 8080, "ratio": 0.5, "on": True, "name": "42", "bad": "x",
                     "typed": "7"}
+
+
+def test_coerce_says_whether_the_data_was_already_valid():
+    """True only when it validated and found nothing: the loader then skips a second pass."""
+    schema = {"type": "object", "properties": {"port": {"type": "integer"}}}
+    assert coerce({"port": 8080}, schema, {("port",)}) is True
+    assert coerce({"port": "8080"}, schema, {("port",)}) is False  # converted, not yet checked
+    assert coerce({"port": 8080}, schema, set()) is False  # nothing interpolated: not validated
