@@ -26,6 +26,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from bus.security.outbound import DEFAULT_LIMITS
+
 # aiohttp adds these when absent; httpx decided already whether to send them.
 _NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
