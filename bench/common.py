@@ -80,6 +80,38 @@ def write_config(directory: Path, port: int, sink_url: str, *, backlog_limit: in
     return path
 
 
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"  # the machine's RabbitMQ and Redis
+REDIS_URL = "redis://127.0.0.1:6379/0"
+RABBIT_SETTINGS = f"""settings:
+  transport: rabbitmq
+  amqp_url: "{AMQP_URL}"
+  redis_url: "{REDIS_URL}"
+  broker_prefix: {{prefix}}
+"""
+
+
+def use_rabbitmq(config: Path, prefix: str) -> None:
+    """Switch a :func:`write_config` flows.yaml to the RabbitMQ transport, every queue,
+    exchange and Redis key it makes named under ``prefix`` (unique per run: see drop_prefix)."""
+    config.write_text(config.read_text().replace("settings:\n", RABBIT_SETTINGS.format(prefix=prefix), 1))
+
+
+def drop_prefix(prefix: str, flows: tuple[str, ...] = ("relay",)) -> None:
+    """Delete the queues, exchanges and Redis keys named under ``prefix`` (a bench's own run:
+    never a prefix it did not make)."""
+    import asyncio
+
+    from bus.transport.rabbitmq import RabbitTransport
+
+    async def drop() -> None:
+        t = RabbitTransport(AMQP_URL, REDIS_URL, prefix=prefix, flows=list(flows))
+        await t.start()
+        await t.close(timeout=1)
+        await t.drop()
+
+    asyncio.run(drop())
+
+
 def order(msg_id: str, sent: float | None = None) -> bytes:
     """The JSON body every server gets: the same shape for tieline, the bare app and Node-RED."""
     return orjson.dumps({"type": "order.created", "data": {
@@ -165,7 +197,9 @@ def start_tieline(config: Path, port: int, log: Path | None = None, *,
     changed first (an experiment knob: the SQLite writer thread waits for the GIL)."""
     cmd = [TIELINE, "run", str(config), "--port", str(port), "--log-level", "warning"]
     if switch_interval is not None:
-        cmd = [PY, "-c", f"import sys; sys.setswitchinterval({switch_interval}); "
+        # after tune_process(), which sets the interval the bus runs with (0.001 s)
+        cmd = [PY, "-c", "import sys; import bus.runtime as r; tune = r.tune_process; "
+               f"r.tune_process = lambda: (tune(), sys.setswitchinterval({switch_interval})); "
                "sys.argv = ['tieline', *sys.argv[1:]]; import cli; sys.exit(cli.main())",
                *cmd[1:]]
     proc = spawn(cmd, cwd=config.parent, log=log, env=env)
@@ -177,6 +211,31 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time ``pid`` has used so far, from /proc (Linux); its threads included."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent busy so far (user, nice, system, irq, softirq), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def pids_named(name: str) -> list[int]:
+    """The pids whose command name is exactly ``name`` (e.g. ``beam.smp``, ``redis-server``)."""
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether ``pid`` holds a TCP socket listening on 127.0.0.1:``port`` (Linux /proc): with
+    SO_REUSEPORT an answer on the port does not say which process gave it."""
+    inodes = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            inodes.add(f"socket:[{cols[9]}]")
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd) in inodes for fd in fds.iterdir() if fd.is_symlink())
 
 
 def rss_kib(pid: int) -> int:

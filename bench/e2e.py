@@ -8,9 +8,20 @@ the bus, not for it); the sink records arrival − sent: the ingress→delivery 
    until p99 > 100 ms, the backlog grows, or the generator cannot hold the rate: the last rate
    that passed is the highest sustainable one;
 2. a sustained run at ``--rate`` (default 1000 msg/s) for ``--duration`` s (default 60), on an
-   empty backlog; late deliveries are waited for up to ``--drain`` s.
+   empty backlog; late deliveries are waited for up to ``--drain`` s (``--no-sustained``: skip).
+
+Each fixed-rate run also reports where the CPU went, per process kind (from /proc/<pid>/stat
+before and after the run): the bus, the sink, this generator, and for ``--transport rabbitmq``
+RabbitMQ's beam.smp and redis-server (the machine's, so other users' traffic counts too), plus
+the rest of the machine and idle, all in % of one core.
+
+``--transport rabbitmq``: ``--serve N`` ``tieline serve`` processes on one port (SO_REUSEPORT)
+and ``--workers M`` ``tieline worker`` processes, on the machine's RabbitMQ (127.0.0.1:5672,
+guest) and Redis (127.0.0.1:6379) under a broker prefix unique to the run; its queues,
+exchanges and Redis keys are deleted at the end.
 
 Run: .venv/bin/python bench/e2e.py [--rate 1000] [--duration 60] [--rates 250,500,...] [--no-steps]
+     [--no-sustained] [--transport rabbitmq --serve 1 --workers 2]
 """
 
 from __future__ import annotations
@@ -18,15 +29,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
+import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aio_pika
 import aiohttp
 import common as c
 import httpx
+
+from bus.transport.rabbitmq_topology import Names
 
 
 @dataclass
@@ -162,6 +179,130 @@ def row(fig: dict, why: list[str]) -> str:
             f"{fig['backlog_max']} | {'; '.join(why) or 'ok'} |")
 
 
+# ----- the processes under test ----------------------------------------------------------------
+@dataclass
+class Bus:
+    """The processes under test by kind, where they answer, and the RabbitMQ prefix if any."""
+
+    url: str
+    procs: dict[str, list[subprocess.Popen]] = field(default_factory=dict)
+    prefix: str | None = None
+
+    def stop(self) -> None:
+        """Stop every process we started, then delete what the run made on the broker."""
+        for procs in self.procs.values():
+            for proc in procs:
+                c.stop(proc)
+        if self.prefix:
+            c.drop_prefix(self.prefix)
+
+
+def start_embedded(bus: Bus, cfg: Path, args: argparse.Namespace, env: dict | None,
+                   tmp: Path) -> None:
+    port = int(bus.url.rsplit(":", 1)[1])
+    bus.procs["bus"] = [c.start_tieline(cfg, port, tmp / "tieline.log",
+                                        switch_interval=args.switch_interval, env=env)]
+
+
+def start_rabbitmq(bus: Bus, cfg: Path, args: argparse.Namespace, env: dict | None,
+                   tmp: Path) -> None:
+    """``--serve`` servers sharing the port, then ``--workers`` workers, each one up."""
+    port = int(bus.url.rsplit(":", 1)[1])
+    bus.procs["serve"], bus.procs["worker"] = [], []
+    for i in range(args.serve):
+        proc = c.spawn([c.TIELINE, "serve", str(cfg), "--port", str(port), "--log-level",
+                        "warning"], cwd=cfg.parent, log=tmp / f"serve-{i}.log", env=env)
+        bus.procs["serve"].append(proc)
+        _until(lambda p=proc: c.listens(p.pid, port), [proc], f"serve {i} listening on {port}")
+    c.wait_http(bus.url + "/healthz", bus.procs["serve"][0])
+    for i in range(args.workers):
+        bus.procs["worker"].append(c.spawn([c.TIELINE, "worker", str(cfg), "--log-level", "warning"],
+                                           cwd=cfg.parent, log=tmp / f"worker-{i}.log", env=env))
+    queue = Names(bus.prefix).flow("relay")
+    asyncio.run(_wait_consumers(queue, args.workers, bus.procs["worker"]))
+
+
+def _until(ok: Callable[[], bool], procs: list[subprocess.Popen], what: str,
+           timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        if dead := [p.args for p in procs if p.poll() is not None]:
+            raise RuntimeError(f"{dead} exited before {what} (see its log)")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout}s")
+        time.sleep(0.05)
+
+
+async def _wait_consumers(queue: str, count: int, procs: list[subprocess.Popen],
+                          timeout: float = 60.0) -> None:
+    """Until ``queue`` has ``count`` consumers (every worker consuming), by passive declares."""
+    deadline = time.monotonic() + timeout
+    connection = await aio_pika.connect(c.AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        while (await channel.declare_queue(queue, passive=True)).declaration_result.consumer_count < count:
+            if dead := [p.args for p in procs if p.poll() is not None]:
+                raise RuntimeError(f"{dead} exited before consuming {queue} (see its log)")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{queue}: fewer than {count} consumers after {timeout}s")
+            await asyncio.sleep(0.1)
+
+
+# ----- where the CPU goes --------------------------------------------------------------------------
+def cpu_kinds(bus: Bus, sink: subprocess.Popen) -> dict[str, list[int]]:
+    kinds = {f"bus {k}" if k != "bus" else "bus": [p.pid for p in ps] for k, ps in bus.procs.items()}
+    if bus.prefix:
+        kinds["beam.smp"] = c.pids_named("beam.smp")  # RabbitMQ
+        kinds["redis-server"] = c.pids_named("redis-server")
+    kinds["sink"] = [sink.pid]
+    kinds["generator"] = [os.getpid()]  # this process: the load, the /readyz probe
+    return kinds
+
+
+@dataclass
+class Cpu:
+    """CPU seconds per process kind over one run, the rest of the machine's, and its wall time."""
+
+    by_kind: dict[str, float]
+    rest: float
+    wall: float
+
+    def idle(self) -> float:
+        return os.cpu_count() * self.wall - sum(self.by_kind.values()) - self.rest
+
+
+def metered(kinds: dict[str, list[int]], run: Callable[[], object]) -> tuple[object, Cpu]:
+    """``run()``, with the CPU each kind of process used meanwhile."""
+    def snap() -> tuple[dict[str, float], float, float]:
+        return ({k: sum(c.cpu_seconds(p) for p in pids) for k, pids in kinds.items()},
+                c.machine_busy_seconds(), time.perf_counter())
+
+    before, busy0, t0 = snap()
+    out = run()
+    after, busy1, t1 = snap()
+    used = {k: after[k] - before[k] for k in kinds}
+    return out, Cpu(used, max(0.0, busy1 - busy0 - sum(used.values())), t1 - t0)
+
+
+SYSTEM = ("bus", "bus serve", "bus worker", "beam.smp", "redis-server")  # what a message costs
+
+
+def cpu_header(kinds: dict[str, list[int]]) -> list[str]:
+    cols = [f"{k} ×{len(p)}" if len(p) > 1 else k for k, p in kinds.items()]
+    return [f"| target msg/s | {' | '.join(cols)} | rest of machine | idle | bus µs/msg |",
+            "| --- " * (len(cols) + 4) + "|"]
+
+
+def cpu_row(rate: str, cpu: Cpu, accepted: int) -> str:
+    """Each kind's share in % of one core (all columns add up to ``nproc`` × 100 %), and the
+    CPU per accepted message of the bus itself (with RabbitMQ and Redis on that transport)."""
+    cells = [f"{secs / cpu.wall:.0%}" for secs in cpu.by_kind.values()]
+    system = sum(s for k, s in cpu.by_kind.items() if k in SYSTEM)
+    per_msg = f"{system / accepted * 1e6:.0f}" if accepted else "-"
+    return (f"| {rate} | {' | '.join(cells)} | {cpu.rest / cpu.wall:.0%} | "
+            f"{cpu.idle() / cpu.wall:.0%} | {per_msg} |")
+
+
 HEADER = ["| target msg/s | sent/s | 202 | delivered | p50 ms | p95 ms | p99 ms | 202 p99 ms | "
           "max backlog | verdict |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
@@ -173,16 +314,31 @@ def main() -> None:
     ap.add_argument("--rates", default="100,200,300,400,500,750,1000,1500")
     ap.add_argument("--step-duration", type=float, default=15)
     ap.add_argument("--no-steps", action="store_true")
+    ap.add_argument("--no-sustained", action="store_true", help="the step-up only")
     ap.add_argument("--inflight", type=int, default=512)
     ap.add_argument("--drain", type=float, default=120, help="max s to wait for the backlog to empty")
     ap.add_argument("--sync", default="full", choices=["full", "normal"])
     ap.add_argument("--concurrency", type=int, default=None, help="the flow's; default 16")
+    ap.add_argument("--transport", default="embedded", choices=["embedded", "rabbitmq"],
+                    help="embedded: one `tieline run`; rabbitmq: --serve + --workers processes")
+    ap.add_argument("--serve", type=int, default=None, help="rabbitmq: `tieline serve` processes "
+                    "on one port (default 1)")
+    ap.add_argument("--workers", type=int, default=None, help="rabbitmq: `tieline worker` "
+                    "processes (default 2)")
     ap.add_argument("--switch-interval", type=float, default=None,
-                    help="experiment: sys.setswitchinterval in the bus (default 0.005)")
+                    help="experiment (embedded): sys.setswitchinterval in the bus (default 0.001, tune_process)")
     ap.add_argument("--pythonpath", default=None,
                     help="experiment: PYTHONPATH for the bus, e.g. a dir with sniffio installed")
     args = ap.parse_args()
-    lines = []
+    rabbit = args.transport == "rabbitmq"
+    if not rabbit and (args.serve is not None or args.workers is not None):
+        ap.error("--serve and --workers need --transport rabbitmq")
+    if rabbit and args.switch_interval is not None:
+        ap.error("--switch-interval is an experiment on the embedded transport")
+    args.serve, args.workers = args.serve or 1, args.workers or 2
+    shape = (f"transport=rabbitmq, {args.serve} serve + {args.workers} worker processes" if rabbit
+             else f"transport=embedded, sync={args.sync}")
+    lines, cpu_lines = [], []
     with tempfile.TemporaryDirectory(prefix="tieline-e2e-") as d:
         tmp = Path(d)
         sink_port, port = c.free_port(), c.free_port()
@@ -190,38 +346,58 @@ def main() -> None:
         cfg = c.write_config(tmp / "bus", port, f"http://127.0.0.1:{sink_port}", sync=args.sync,
                              concurrency=args.concurrency)
         env = {"PYTHONPATH": args.pythonpath} if args.pythonpath else None
-        bus = c.start_tieline(cfg, port, tmp / "tieline.log", switch_interval=args.switch_interval,
-                              env=env)
-        url = f"http://127.0.0.1:{port}"
+        bus = Bus(f"http://127.0.0.1:{port}")
+        url = bus.url
         try:
+            if rabbit:
+                bus.prefix = f"bench-e2e-{uuid.uuid4().hex[:12]}"
+                c.use_rabbitmq(cfg, bus.prefix)
+                start_rabbitmq(bus, cfg, args, env, tmp)
+            else:
+                start_embedded(bus, cfg, args, env, tmp)
             asyncio.run(generate(url, 100, 3))  # warm up; not counted
             drain(sink_port, 300, url)
+            kinds = cpu_kinds(bus, sink)
+            _, idle = metered(kinds, lambda: time.sleep(3))
+            cpu_lines += [f"\nCPU per process kind during each fixed-rate run, % of one core "
+                          f"({os.cpu_count()} cores: a row adds up to {os.cpu_count() * 100} %); "
+                          "bus µs/msg = the bus processes"
+                          f"{' + beam.smp + redis-server' if rabbit else ''} per 202.\n",
+                          *cpu_header(kinds), cpu_row("idle (3 s)", idle, 0)]
             if not args.no_steps:  # first: they stop at the first failing rate
-                lines += [f"Step-up, {args.step_duration:.0f} s per rate (sync={args.sync}); "
+                lines += [f"Step-up, {args.step_duration:.0f} s per rate ({shape}); "
                           f"concurrency={args.concurrency or 16}, switch interval "
-                          f"{args.switch_interval or 0.005}, PYTHONPATH={args.pythonpath or '-'}; latency = sink arrival − scheduled send.\n",
+                          f"{args.switch_interval or 0.001}, PYTHONPATH={args.pythonpath or '-'}; latency = sink arrival − scheduled send.\n",
                           *HEADER]
                 best = None
                 for rate in (float(x) for x in args.rates.split(",")):
-                    load = asyncio.run(generate(url, rate, args.step_duration, inflight=args.inflight))
+                    load, cpu = metered(kinds, lambda r=rate: asyncio.run(
+                        generate(url, r, args.step_duration, inflight=args.inflight)))
                     fig, why = verdict(load, drain(sink_port, load.accepted, url))
                     lines.append(row(fig, why))
-                    print(lines[-1])
+                    cpu_lines.append(cpu_row(f"{rate:.0f}", cpu, load.accepted))
+                    print(lines[-1], cpu_lines[-1], sep="\n")
                     if why:
                         break
                     best = rate
                 lines.append(f"\nHighest sustainable rate: {best:.0f} msg/s" if best else
                              "\nNo step rate was sustainable.")
-                drain(sink_port, 0, url, timeout=300)  # start the sustained run on an empty backlog
-            lines += [f"\nSustained: {args.rate:.0f} msg/s for {args.duration:.0f} s.\n", *HEADER]
-            load = asyncio.run(generate(url, args.rate, args.duration, inflight=args.inflight))
-            fig, why = verdict(load, drain(sink_port, load.accepted, url, timeout=args.drain))
-            lines.append(row(fig, why))
-            print(lines[-1])
+                if not args.no_sustained:
+                    drain(sink_port, 0, url, timeout=300)  # start the sustained run on an empty backlog
+            if not args.no_sustained:
+                lines += [f"\nSustained: {args.rate:.0f} msg/s for {args.duration:.0f} s ({shape}).\n",
+                          *HEADER]
+                load, cpu = metered(kinds, lambda: asyncio.run(
+                    generate(url, args.rate, args.duration, inflight=args.inflight)))
+                fig, why = verdict(load, drain(sink_port, load.accepted, url, timeout=args.drain))
+                lines.append(row(fig, why))
+                cpu_lines.append(cpu_row(f"{args.rate:.0f} sustained", cpu, load.accepted))
+                print(lines[-1], cpu_lines[-1], sep="\n")
         finally:
-            c.stop(bus)
+            bus.stop()
             c.stop(sink)
-    c.append_results("End to end: webhook → map → HTTP sink", [c.invocation()], "\n".join(lines))
+    c.append_results(f"End to end: webhook → map → HTTP sink ({args.transport})", [c.invocation()],
+                     "\n".join(lines + cpu_lines))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ Servers on loopback, measured back to back with wrk in each round (order rotates
   * tieline-no-delivery: the same bus with its consumer off (bench/common.py ingress-only):
     ingress alone, nothing competing for the event loop;
   * bare: bench/bare_app.py (Starlette + uvicorn, parses the JSON, answers 202, no bus);
+  * bare-durable: bench/bare_app.py's durable_app, the same stack doing the least a durable
+    receiver must: verify the signature, parse, INSERT into SQLite (WAL, synchronous=FULL,
+    group commit on one writer thread), 202 after COMMIT — the floor of any durable receiver;
   * nodered: bench/nodered (http in → change (JSONata, same mapping) → http response 202).
 
 wrk repeats one request unless told otherwise, and tieline answers a repeated webhook-id 200
@@ -14,7 +17,7 @@ as a duplicate (another code path). So each round signs a fresh pool of unique r
 repeats, if the pool runs out, are counted apart and left out of tieline's rate.
 
 Run: .venv/bin/python bench/ingress.py [--rounds 3] [--duration 10] [--connections 32]
-     [--servers bare,tieline,tieline-no-delivery,nodered]
+     [--servers bare,tieline,tieline-no-delivery,nodered,bare-durable]
      [--profile [--profile-target tieline-no-delivery]]  (py-spy flame graph to /tmp)
 """
 
@@ -90,6 +93,14 @@ def start_servers(tmp: Path, args: argparse.Namespace) -> dict[str, tuple[int, s
                    log=tmp / "bare.log")
     c.wait_http(f"http://127.0.0.1:{port}/healthz", bare)
     servers["bare"] = (port, bare)
+    if "bare-durable" in args.servers:
+        port = c.free_port()
+        proc = c.spawn([c.PY, "-m", "uvicorn", "bare_app:durable_app", "--app-dir", str(c.BENCH),
+                        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                        "--no-access-log"], env={"BARE_DURABLE_DB": str(tmp / "bare-durable.db")},
+                       log=tmp / "bare-durable.log")
+        c.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        servers["bare-durable"] = (port, proc)
     if "nodered" in args.servers:
         port = c.free_port()
         nr = c.spawn([str(NODERED / "node_modules" / ".bin" / "node-red"), "-u", str(NODERED), "-s",
@@ -100,14 +111,6 @@ def start_servers(tmp: Path, args: argparse.Namespace) -> dict[str, tuple[int, s
     return servers
 
 
-RABBIT_SETTINGS = """settings:
-  transport: rabbitmq
-  amqp_url: "amqp://guest:guest@127.0.0.1:5672/"
-  redis_url: "redis://127.0.0.1:6379/0"
-  broker_prefix: {prefix}
-"""
-
-
 def start_rabbit_servers(tmp: Path, name: str, sink_url: str,
                          args: argparse.Namespace) -> dict[str, tuple[int, subprocess.Popen]]:
     """``tieline serve`` on the RabbitMQ transport (ingress only: publish confirmed, 202), one
@@ -116,7 +119,7 @@ def start_rabbit_servers(tmp: Path, name: str, sink_url: str,
     port = c.free_port()
     prefix = f"bench-{name}-{uuid.uuid4().hex[:8]}"
     cfg = c.write_config(tmp / name, port, sink_url, sync=args.sync)
-    cfg.write_text(cfg.read_text().replace("settings:\n", RABBIT_SETTINGS.format(prefix=prefix), 1))
+    c.use_rabbitmq(cfg, prefix)
     procs = []
     for i in range(count):
         proc = c.spawn([c.TIELINE, "serve", str(cfg), "--port", str(port), "--log-level", "warning"],
@@ -135,19 +138,8 @@ RABBIT_PREFIXES: list[str] = []
 
 def drop_rabbit_queues() -> None:
     """Delete the queues, exchanges and Redis keys the RabbitMQ servers made."""
-    import asyncio
-
-    from bus.transport.rabbitmq import RabbitTransport
-
-    async def drop(prefix: str) -> None:
-        t = RabbitTransport("amqp://guest:guest@127.0.0.1:5672/", "redis://127.0.0.1:6379/0",
-                            prefix=prefix, flows=["relay"])
-        await t.start()
-        await t.close(timeout=1)
-        await t.drop()
-
     for prefix in RABBIT_PREFIXES:
-        asyncio.run(drop(prefix))
+        c.drop_prefix(prefix)
 
 
 def profile(servers: dict, tmp: Path, args: argparse.Namespace, signer: c.Signer) -> list[str]:
@@ -208,6 +200,7 @@ def main() -> None:
     ap.add_argument("--sync", default="full", choices=["full", "normal"])
     ap.add_argument("--servers", default="bare,tieline,tieline-no-delivery,nodered",
                     help="comma-separated; tieline-no-delivery = the bus with its consumer off; "
+                         "bare-durable = bare_app.py's durable floor (verify, SQLite commit); "
                          "tieline-rabbit / tieline-rabbit-x2 = `tieline serve` on RabbitMQ, "
                          "1 or 2 processes on one port")
     ap.add_argument("--profile", action="store_true", help="py-spy instead of the comparison")
@@ -244,7 +237,7 @@ def main() -> None:
                     r = run_wrk(cmd, args.duration + 60)
                     r["cpu_us"] = (c.cpu_seconds(servers[name][1].pid) - cpu0) / max(r["n202"], 1) * 1e6
                     runs[name].append(r)
-                    print(f"round {rnd + 1} {name:8s} {r['ok_rps']:8.0f} req/s (202)  "
+                    print(f"round {rnd + 1} {name:19s} {r['ok_rps']:8.0f} req/s (202)  "
                           f"cpu {r['cpu_us']:6.0f} µs/req  p50 {r['p50_us'] / 1000:6.1f} ms  p99 {r['p99_us'] / 1000:6.1f} ms  "
                           f"non-202 {r['n200'] + r['nother']}  errors {r['errors_timeout'] + r['errors_read']}")
             backlog = httpx.get(f"http://127.0.0.1:{servers['tieline'][0]}/readyz").json()
@@ -272,10 +265,16 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace, backlog: dict,
                    f"{sum(r['n200'] + r['nother'] for r in rs)} | {rss[name]} |")
     t = [r["ok_rps"] for r in runs["tieline"]]
     out.append("")
-    for other in ("bare", "nodered", "tieline-no-delivery"):
+    for other in ("bare", "bare-durable", "nodered", "tieline-no-delivery"):
         if other in runs:
             ratios = [a / b["ok_rps"] for a, b in zip(t, runs[other], strict=True)]
             out.append(f"- tieline / {other}: median ratio {c.median(ratios):.2f} "
+                       f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})")
+    for a, b, why in (("bare-durable", "bare", " (what durability alone costs on this stack)"),
+                      ("tieline-no-delivery", "bare-durable", " (ingress alone vs the floor)")):
+        if a in runs and b in runs:
+            ratios = [x["ok_rps"] / y["ok_rps"] for x, y in zip(runs[a], runs[b], strict=True)]
+            out.append(f"- {a} / {b}{why}: median ratio {c.median(ratios):.2f} "
                        f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})")
     out.append(f"- tieline backlog after the runs: {backlog.get('backlog')}")
     if "tieline-rabbit" in runs and "tieline-rabbit-x2" in runs:

@@ -12,6 +12,9 @@ errors raised inside (e.g. by a resolver hook) pass through unchanged. Timeouts 
 each socket connect, ``read`` the gap between received bytes. aiohttp has no write timeout, so
 when every phase is bounded and the body is large or streamed (a small one cannot stall), the
 response head must arrive within their sum, else ``WriteTimeout``.
+
+:meth:`AiohttpTransport.fetch` sends without httpx's Request and Response: it is what
+:mod:`bus.security.plain_request` uses for a client's plain case.
 """
 
 from __future__ import annotations
@@ -71,9 +74,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """``httpx.AsyncBaseTransport`` over one ``aiohttp.ClientSession`` (HTTP/1.1 only).
 
     ``resolver`` and ``socket_factory`` go to ``aiohttp.TCPConnector``: the hooks through which
-    a subclass decides which addresses a connection may use. ``limits.max_connections`` caps
-    open connections and ``keepalive_expiry`` closes idle ones; aiohttp has no separate cap on
-    idle connections (``max_keepalive_connections`` is not used).
+    a subclass decides which addresses a connection may use; a resolver with a
+    ``check_host(host)`` method is also asked about every URL host before sending.
+    ``limits.max_connections`` caps open connections and ``keepalive_expiry`` closes idle ones;
+    aiohttp has no separate cap on idle connections (``max_keepalive_connections`` is not used).
+
+    :meth:`fetch` is the transport without httpx's Request and Response, for
+    :func:`bus.security.plain_request.plain_request`.
     """
 
     def __init__(self, *, verify: typing.Any = True, limits: httpx.Limits = DEFAULT_LIMITS,
@@ -85,6 +92,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[tuple, tuple[aiohttp.ClientTimeout, float | None]] = {}
+        self._targets: dict[str, Target] = {}
+        self._defaults: dict[tuple, list[tuple[str, str]] | None] = {}
+        # aiohttp dials an address host without asking the resolver: a resolver that guards
+        # addresses vets those hosts itself (GuardedResolver.check_host), before every request.
+        self._vet: typing.Callable[[str], None] = getattr(resolver, "check_host", _no_check)
 
     def _open(self) -> aiohttp.ClientSession:
         """The session for the running loop (a loop's connections cannot serve another loop)."""
@@ -116,11 +128,30 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 self._timeouts[key] = found
         return found
 
+    def target(self, url: str) -> Target:
+        """:meth:`Target.of` ``httpx.URL(url)``, remembered: a connector calls few distinct URLs."""
+        found = self._targets.get(url)
+        if found is None:
+            found = Target.of(httpx.URL(url))
+            if len(self._targets) >= 1024:  # bounded: path parameters may make many
+                self._targets.clear()
+            self._targets[url] = found
+        return found
+
+    def defaults(self, headers: httpx.Headers) -> list[tuple[str, str]] | None:
+        """A client's default headers as text, remembered; None if one is not ASCII."""
+        raw = tuple(headers.raw)
+        found = self._defaults.get(raw, False)
+        if found is False:
+            found = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+            found = found if ascii_headers(found) else None
+            if len(self._defaults) >= 64:  # a client's defaults rarely change
+                self._defaults.clear()
+            self._defaults[raw] = found
+        return found
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session if self._loop is asyncio.get_running_loop() else None
-        if session is None or session.closed:
-            session = self._open()
-        timeout, head = self._timeout(request.extensions.get("timeout") or {})
+        self._vet(request.url.raw_host.decode("ascii"))
         enc = request.headers.encoding
         headers = [(k.decode(enc), v.decode(enc)) for k, v in request.headers.raw]
         data: typing.Any
@@ -130,23 +161,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except httpx.RequestNotRead:  # a streamed body: aiohttp sends it (chunked if no length)
             data, small = request.stream, False
             headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
-        call = session.request(
-            request.method, URL(str(request.url), encoded=True), headers=headers, data=data,
-            allow_redirects=False, timeout=timeout,
-            server_hostname=request.extensions.get("sni_hostname"))
         try:
-            if head is None or small:
-                response = await call
-            else:
-                deadline = asyncio.timeout(head)
-                try:
-                    async with deadline:
-                        response = await call
-                except TimeoutError as exc:
-                    if not deadline.expired():
-                        raise
-                    # connect and read have their own timers: the body was still being sent
-                    raise httpx.WriteTimeout(f"no response within {head:g} s") from exc
+            response = await self._send(
+                request.method, URL(str(request.url), encoded=True), headers, data, small,
+                request.extensions.get("timeout") or {}, request.extensions.get("sni_hostname"))
             stream: httpx.AsyncByteStream
             if response.content.is_eof():  # the body came with the head (most API answers)
                 stream = httpx.ByteStream(response.content.read_nowait())
@@ -155,17 +173,115 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 stream = _Body(response)
         except _CAUGHT as exc:
             raise httpx_error(exc) from exc
-        version = response.version
-        return httpx.Response(
-            response.status, headers=response.raw_headers, stream=stream,
-            extensions={"http_version": b"HTTP/%d.%d" % (version.major, version.minor)
-                        if version else b"HTTP/1.1",
-                        "reason_phrase": (response.reason or "").encode("latin-1", "replace")})
+        return httpx.Response(response.status, headers=response.raw_headers, stream=stream,
+                              extensions=_extensions(response))
+
+    async def fetch(self, method: str, target: Target, headers: list[tuple[str, str]],
+                    content: bytes | None, timeout: typing.Mapping[str, float | None]) -> Reply:
+        """Send and read the whole answer: :meth:`handle_async_request` and ``aread()`` without
+        httpx's Request and Response. ``headers`` are the ones on the wire, Host included;
+        errors are the same httpx exceptions."""
+        self._vet(target.host)
+        try:
+            response = await self._send(method, target.wire, headers, content or None,
+                                        content is None or len(content) <= _SMALL, timeout, None)
+            if response.content.is_eof():
+                body = response.content.read_nowait()
+                response.release()
+            else:
+                body = await response.read()
+        except _CAUGHT as exc:
+            raise httpx_error(exc) from exc
+        return Reply(response.status, response.raw_headers, response.headers, body,
+                     _extensions(response))
+
+    async def _send(self, method: str, url: URL, headers: list[tuple[str, str]], data: typing.Any,
+                    small: bool, timeout: typing.Mapping[str, float | None],
+                    sni: str | None) -> aiohttp.ClientResponse:
+        """aiohttp's response, its head read. aiohttp's errors are the caller's to map."""
+        session = self._session if self._loop is asyncio.get_running_loop() else None
+        if session is None or session.closed:
+            session = self._open()
+        spec, head = self._timeout(timeout)
+        call = session.request(method, url, headers=headers, data=data, allow_redirects=False,
+                               timeout=spec, server_hostname=sni)
+        if head is None or small:
+            return await call
+        deadline = asyncio.timeout(head)
+        try:
+            async with deadline:
+                return await call
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            # connect and read have their own timers: the body was still being sent
+            raise httpx.WriteTimeout(f"no response within {head:g} s") from exc
 
     async def aclose(self) -> None:
         if self._session is not None and self._loop is asyncio.get_running_loop():
             await self._session.close()
         self._session = self._loop = None
+
+
+def _no_check(host: str) -> None:
+    pass
+
+
+def _extensions(response: aiohttp.ClientResponse) -> dict[str, bytes]:
+    version = response.version
+    return {"http_version": b"HTTP/%d.%d" % (version.major, version.minor)
+            if version else b"HTTP/1.1",
+            "reason_phrase": (response.reason or "").encode("latin-1", "replace")}
+
+
+class Target(typing.NamedTuple):
+    """An ``httpx.URL`` and what sending to it takes: aiohttp's URL, the Host header, the host
+    the resolver vets; ``plain``: absolute, with a host and no credentials (which a client
+    would turn into basic auth)."""
+
+    url: httpx.URL
+    wire: URL
+    netloc: str
+    host: str
+    plain: bool
+
+    @classmethod
+    def of(cls, url: httpx.URL) -> Target:
+        plain = url.is_absolute_url and bool(url.host) and not url.userinfo
+        return cls(url, URL(str(url), encoded=True), url.netloc.decode("ascii"),
+                   url.raw_host.decode("ascii"), plain)
+
+
+class Reply:
+    """A whole answer read by :meth:`AiohttpTransport.fetch`: status, headers (aiohttp's
+    case-insensitive multidict) and the body as received."""
+
+    __slots__ = ("status_code", "raw_headers", "headers", "content", "extensions",
+                 "default_encoding", "_response")
+
+    def __init__(self, status_code: int, raw_headers: typing.Sequence[tuple[bytes, bytes]],
+                 headers: typing.Any, content: bytes, extensions: dict[str, bytes]):
+        self.status_code, self.raw_headers, self.headers = status_code, raw_headers, headers
+        self.content, self.extensions = content, extensions
+        self.default_encoding: typing.Any = "utf-8"  # the client's, for response().text
+        self._response: httpx.Response | None = None
+
+    def header(self, name: str, default: str = "") -> str:
+        """Like ``httpx.Headers.get``: repeated headers joined with ``", "``."""
+        values = self.headers.getall(name, ())
+        return ", ".join(values) if values else default
+
+    def response(self) -> httpx.Response:
+        """The ``httpx.Response`` a client would have returned, body read (and decoded if the
+        server compressed it: httpx raises ``DecodingError`` on a bad one)."""
+        if self._response is None:
+            response = httpx.Response(self.status_code, headers=self.raw_headers,
+                                      stream=httpx.ByteStream(self.content),
+                                      extensions=self.extensions,
+                                      default_encoding=self.default_encoding)
+            response.read()
+            self._response = response
+        return self._response
 
 
 class _Body(httpx.AsyncByteStream):
@@ -190,3 +306,7 @@ def aiohttp_client(*, verify: typing.Any = True, limits: httpx.Limits = DEFAULT_
     """An ``httpx.AsyncClient`` over :class:`AiohttpTransport` (no address guard)."""
     return httpx.AsyncClient(transport=AiohttpTransport(verify=verify, limits=limits),
                              trust_env=False, **kwargs)
+
+
+def ascii_headers(headers: list[tuple[str, str]]) -> bool:
+    return all(k.isascii() and v.isascii() for k, v in headers)

@@ -164,7 +164,8 @@ class GuardedResolver(AbstractResolver):
 class GuardedTransport(AiohttpTransport):
     """:class:`AiohttpTransport` whose connections go only to addresses the policy allows.
 
-    ``resolver`` is an ``async (host, port) -> [ip, ...]``; tests pass a stub here.
+    ``resolver`` is an ``async (host, port) -> [ip, ...]``; tests pass a stub here. The base
+    transport asks the guard (its resolver's ``check_host``) about every URL host before sending.
     """
 
     def __init__(self, *, allow_hosts: Iterable[str] = (), allow_cidrs: Iterable[str] = (),
@@ -173,7 +174,3 @@ class GuardedTransport(AiohttpTransport):
         self.guard = GuardedResolver(AddressPolicy(allow_hosts, allow_cidrs), resolver)
         super().__init__(verify=verify, limits=limits, resolver=self.guard,
                          socket_factory=self.guard.socket)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.guard.check_host(request.url.raw_host.decode("ascii"))
-        return await super().handle_async_request(request)

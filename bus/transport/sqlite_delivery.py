@@ -71,7 +71,8 @@ class SqliteDelivery(Delivery):
 
         def work(conn) -> None:
             store.update_message(conn, envelope, now, state=state)
-            store.insert_messages(conn, children, now)
+            if children:
+                store.insert_messages(conn, children, now)
             store.insert_ledger(conn, lines)
 
         def after(_: None) -> None:
