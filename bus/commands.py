@@ -168,18 +168,17 @@ async def dlq_cmd(args: argparse.Namespace) -> int:
 
 
 async def _progress(items: list, label: str):  # noqa: ANN202 - an async iterator
-    """Yield ``items``, with a rich progress bar when a person is watching (a terminal)."""
+    """Yield ``items``, with a progress line when a person is watching (a terminal)."""
     if not sys.stdout.isatty() or len(items) < 2:
         for item in items:
             yield item
         return
-    from rich.progress import Progress
+    from bus.progress import ProgressLine
 
-    with Progress() as bar:
-        task = bar.add_task(label, total=len(items))
+    with ProgressLine(label, len(items)) as bar:
         for item in items:
             yield item
-            bar.advance(task)
+            bar.advance()
 
 
 def cmd_connectors(args: argparse.Namespace) -> int:

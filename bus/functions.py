@@ -20,7 +20,6 @@ from typing import Any
 
 import jmespath
 import orjson
-import phonenumbers
 from jmespath import functions
 from jmespath.visitor import TreeInterpreter
 
@@ -167,6 +166,8 @@ class TielineFunctions(functions.Functions):
     def _func_e164(self, phone: Any, region: str | None = None) -> str | None:
         if phone is None or isinstance(phone, bool):
             return None
+        import phonenumbers  # on first use: its metadata is ~35 ms of every start-up
+
         try:
             parsed = phonenumbers.parse(str(phone), (region or "").upper() or None)
         except phonenumbers.NumberParseException:

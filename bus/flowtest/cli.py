@@ -9,12 +9,12 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
 from bus.errors import ConfigError
 from bus.flowtest.report import CaseResult, as_json, lines, summary
+from bus.progress import ProgressLine
 
 PROGRESS_FROM = 8  # tests; fewer finish before a bar is worth drawing
 
@@ -73,28 +73,5 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in results) else 1
 
 
-class _Bar:
-    """A rich progress bar that prints result lines above itself."""
-
-    def __init__(self, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self.progress = Progress(TextColumn("flow tests"), BarColumn(), MofNCompleteColumn(),
-                                 transient=True)
-        self.task = self.progress.add_task("tests", total=total)
-        self.print: Callable[[str], None] = lambda text: self.progress.console.print(
-            text, markup=False, highlight=False)
-
-    def advance(self) -> None:
-        self.progress.advance(self.task)
-
-    def __enter__(self) -> _Bar:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)  # type: ignore[arg-type]
-
-
-def _progress(total: int) -> _Bar:
-    return _Bar(total)
+def _progress(total: int) -> ProgressLine:
+    return ProgressLine("flow tests", total)

@@ -53,9 +53,15 @@ def test_coerce_only_interpolated_values():
                     "typed": "7"}
 
 
-def test_coerce_says_whether_the_data_was_already_valid():
-    """True only when it validated and found nothing: the loader then skips a second pass."""
-    schema = {"type": "object", "properties": {"port": {"type": "integer"}}}
+def test_coerce_says_whether_the_data_is_valid_now():
+    """True only when every error it met was a converted string that now fits its schema:
+    the loader then skips a second validation pass."""
+    schema = {"type": "object", "properties": {"port": {"type": "integer", "maximum": 65535},
+                                               "name": {"type": "string", "minLength": 2}}}
     assert coerce({"port": 8080}, schema, {("port",)}) is True
-    assert coerce({"port": "8080"}, schema, {("port",)}) is False  # converted, not yet checked
+    data = {"port": "8080"}
+    assert coerce(data, schema, {("port",)}) is True and data == {"port": 8080}
+    assert coerce({"port": "99999"}, schema, {("port",)}) is False  # converted, still invalid
+    assert coerce({"port": "x"}, schema, {("port",)}) is False  # not convertible
+    assert coerce({"port": "80", "name": "a"}, schema, {("port",)}) is False  # another error
     assert coerce({"port": 8080}, schema, set()) is False  # nothing interpolated: not validated
