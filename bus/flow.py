@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
-
 from bus.config.model import (
     BreakerPolicy,
     Compensation,
@@ -37,6 +35,7 @@ from bus.config.model import (
     ValidateStep,
 )
 from bus.mapping import Expression, compile_expression, compile_mapping
+from bus.schema_check import SchemaCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +121,7 @@ class _Compiler:
     def step(self, step: Step, path: str) -> None:
         emit = self.out.append
         if isinstance(step, ValidateStep):
-            cls = jsonschema.validators.validator_for(step.schema)
-            emit(Instr("validate", f"{path} validate", step.loc, validator=cls(step.schema)))
+            emit(Instr("validate", f"{path} validate", step.loc, validator=SchemaCheck(step.schema)))
         elif isinstance(step, MapStep):
             m = _resolve(step.mapping, self.mappings)
             emit(Instr("map", f"{path} map: {step.mapping.name}", step.loc, mapping=m))

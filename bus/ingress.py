@@ -18,6 +18,7 @@ from bus.envelope import EVENT, ORIGIN, SOURCE, TRACEPARENT, Envelope
 from bus.errors import MappingError, PayloadError
 from bus.flow import CompiledFlow
 from bus.observe import Observer
+from bus.schema_check import SchemaCheck
 from bus.transport.base import Transport
 from connectors.base import Connector, InboundEvent
 
@@ -70,8 +71,7 @@ class Ingress:
         key = (connector.type_name, event.name)
         validator = self._event_validators.get(key)
         if validator is None:
-            validator = jsonschema.validators.validator_for(schema)(schema)
-            self._event_validators[key] = validator
+            validator = self._event_validators[key] = SchemaCheck(schema)
         err = jsonschema.exceptions.best_match(validator.iter_errors(event.body))
         if err is not None:
             where = "body" + "".join(

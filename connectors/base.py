@@ -37,6 +37,7 @@ from bus.errors import (
     RetryableError,
     VerificationError,
 )
+from bus.schema_check import SchemaCheck
 
 __all__ = [
     "Action",
@@ -208,9 +209,7 @@ class Connector:
         """A payload that breaks the action's schema is a permanent error naming the field."""
         validator = cls._input_validators.get(spec.name)
         if validator is None:
-            vcls = jsonschema.validators.validator_for(spec.input_schema)
-            validator = vcls(spec.input_schema)
-            cls._input_validators[spec.name] = validator
+            validator = cls._input_validators[spec.name] = SchemaCheck(spec.input_schema)
         errors = sorted(validator.iter_errors(payload), key=lambda e: list(e.absolute_path))
         if errors:
             parts = []
