@@ -44,8 +44,8 @@ from connectors.base import (
     action,
     classify_http_status,
 )
-from connectors.http import redact
-from connectors.http import where as http_where
+from connectors.http_calls import redact
+from connectors.http_calls import where as http_where
 
 log = structlog.get_logger(__name__)
 

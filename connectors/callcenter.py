@@ -42,8 +42,8 @@ from connectors.base import (
     PermanentError,
     action,
 )
-from connectors.http import result_of
-from connectors.http import send as http_send
+from connectors.http_calls import result_of
+from connectors.http_calls import send as http_send
 
 __all__ = ["EVENT_TYPES", "CallCenterConnector", "CallCenterSettings", "load_schemas", "sign_event"]
 

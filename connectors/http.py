@@ -5,8 +5,8 @@ path with ``{placeholders}``, query, headers, JSON or text body) and ``post`` (P
 as JSON to ``settings.path``). Every call carries ``Idempotency-Key`` (stable across retries)
 and ``traceparent`` when the message has one.
 
-The helpers :func:`send` and :func:`result_of` are shared with other HTTP-based connectors:
-they turn transport failures and error statuses into Retryable/Permanent errors.
+The helpers it shares with other HTTP-based connectors (``send``, ``result_of``, ``redact``,
+``where``) live in :mod:`connectors.http_calls` and are importable from here too.
 
 With a plain client (the runtime's shared one is), a call skips httpx's per-call Request,
 Response and client steps (:func:`bus.security.plain_request.plain_request`): the same
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -32,16 +32,17 @@ from connectors.base import (
     ConnectorDeps,
     OwnsHttpClient,
     PermanentError,
-    RetryableError,
     action,
-    classify_http_status,
 )
+from connectors.http_calls import failure, redact, result_of, send, transported, where
 
 if TYPE_CHECKING:
     from bus.security.plain_request import PlainRequest
 
+# Plugins import these from here (CONNECTORS.md); they live in connectors.http_calls.
+__all__ = ["HttpConnector", "HttpSettings", "auth_headers", "redact", "result_of", "send", "where"]
+
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 _AUTH_SCHEMA = {
     "description": "one of {bearer: TOKEN}, {basic: {username, password}}, {api_key: {header, value}}",
@@ -141,67 +142,6 @@ def auth_headers(auth: Mapping[str, Any] | None) -> dict[str, str]:
         return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
     key = auth["api_key"]
     return {key["header"]: key["value"]}
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret replaced by ``***`` (vendors echo credentials back sometimes)."""
-    for secret in secrets:
-        if len(secret) >= 4:  # a 1-3 character "secret" would blank out ordinary text
-            text = text.replace(secret, "***")
-    return text
-
-
-def where(url: httpx.URL) -> str:
-    """``METHOD``-free description of a target: scheme, host, port and path; no userinfo, no query."""
-    port = f":{url.port}" if url.port else ""
-    return f"{url.scheme}://{url.host}{port}{url.path}"
-
-
-async def send(
-    client: httpx.AsyncClient, request: httpx.Request, *, name: str, secrets: Iterable[str] = ()
-) -> httpx.Response:
-    """Send ``request``; raise Retryable/Permanent errors naming connector and host, never secrets."""
-    target = f"connector {name!r}: {request.method} {where(request.url)}"
-    response = await _transported(client.send(request), target, secrets)
-    log.debug("http_call", connector=name, method=request.method, target=where(request.url),
-              status=response.status_code)
-    if response.status_code >= 400:
-        raise _failure(response, target, secrets)
-    return response
-
-
-async def _transported(pending: Awaitable[T], target: str, secrets: Iterable[str]) -> T:
-    """``await pending``; its transport failures raised as Retryable/Permanent errors."""
-    try:
-        return await pending
-    except httpx.TimeoutException as exc:
-        raise RetryableError(f"{target}: timed out ({type(exc).__name__})") from None
-    except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
-        detail = redact(str(exc), secrets) or "no detail"
-        raise RetryableError(f"{target}: {type(exc).__name__}: {detail}") from None
-    except httpx.HTTPError as exc:  # bad URL or header, unsupported scheme: a retry cannot help
-        detail = redact(str(exc), secrets) or "no detail"
-        raise PermanentError(f"{target}: {type(exc).__name__}: {detail}") from None
-
-
-def _failure(response: httpx.Response, target: str, secrets: Iterable[str]) -> Exception:
-    """The Retryable/Permanent error for a failure status, with its body's text, redacted."""
-    err = classify_http_status(
-        response.status_code, response.headers.get("retry-after"), redact(response.text, secrets)
-    )
-    err.args = (f"{target}: {err.args[0]}",)
-    return err
-
-
-def result_of(response: httpx.Response) -> Any:
-    """The parsed JSON body, or ``{"status", "text"}`` when the body is not JSON."""
-    content = response.content
-    if content and ("json" in response.headers.get("content-type", "") or content[:1] in (b"{", b"[")):
-        try:
-            return orjson.loads(content)
-        except orjson.JSONDecodeError:
-            pass
-    return {"status": response.status_code, "text": response.text}
 
 
 class HttpConnector(OwnsHttpClient, Connector):
@@ -373,11 +313,11 @@ class HttpConnector(OwnsHttpClient, Connector):
         """``send`` and ``result_of`` for a :class:`~bus.security.plain_request.PlainRequest`
         to ``place`` (its ``where``)."""
         target = f"connector {self.name!r}: {plain.method} {place}"
-        reply = await _transported(plain.send(), target, self._secrets)
+        reply = await transported(plain.send(), target, self._secrets)
         log.debug("http_call", connector=self.name, method=plain.method, target=place,
                   status=reply.status_code)
         if reply.status_code >= 400:
-            raise _failure(reply.response(), target, self._secrets)
+            raise failure(reply.response(), target, self._secrets)
         body = reply.content
         if body and ("json" in reply.header("content-type") or body[:1] in (b"{", b"[")):
             try:

@@ -48,7 +48,7 @@ from connectors.base import (
     VerificationError,
     action,
 )
-from connectors.http import send as http_send
+from connectors.http_calls import send as http_send
 
 log = structlog.get_logger(__name__)
 

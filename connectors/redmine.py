@@ -20,7 +20,7 @@ searches for an issue carrying the key (``cf_N=<key>``, else ``description=~<key
 it (``replayed: true``) instead of creating a second one.
 
 :class:`VendorClient` (the HTTP seam with error classification shared by the ticketing
-connectors) lives here until it moves next to ``connectors.http.send``.
+connectors) lives here until it moves next to ``connectors.http_calls.send``.
 """
 
 from __future__ import annotations

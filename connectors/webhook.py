@@ -32,8 +32,8 @@ from connectors.base import (
     PermanentError,
     action,
 )
-from connectors.http import result_of
-from connectors.http import send as http_send
+from connectors.http_calls import result_of
+from connectors.http_calls import send as http_send
 
 log = structlog.get_logger(__name__)
 

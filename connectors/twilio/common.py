@@ -37,7 +37,7 @@ from connectors.base import (
     VerificationError,
     classify_http_status,
 )
-from connectors.http import where as target
+from connectors.http_calls import where as target
 from connectors.twilio import signature
 
 API_VERSION = "2010-04-01"
