@@ -260,28 +260,23 @@ class HttpConnector(OwnsHttpClient, Connector):
         client = await self._client_ready()
         url = self.settings.base_url + "/" + path.lstrip("/") if path else self.settings.base_url
         timeout = min(self.settings.timeout, ctx.timeout) if ctx.timeout else self.settings.timeout
-        wire = self._headers(ctx, headers, has_json)
-        if all(k.isascii() and v.isascii() for k, v in wire):
-            # Imported here: aiohttp loads on the first call, not at start-up.
-            from bus.security.plain_request import plain_request
+        data = orjson.dumps(json) if has_json else None if content is None else content.encode()
+        # Imported here: aiohttp loads on the first call, not at start-up.
+        from bus.security.plain_request import plain_request
 
-            data = orjson.dumps(json) if has_json else None if content is None else content.encode()
-            plain = plain_request(client, method, url, params=query, headers=wire, content=data,
-                                  timeout=timeout)
-            if plain is not None:  # the same request on the wire, without httpx's objects
-                return await self._send_plain(plain, self._where(url))
+        plain = plain_request(client, method, url, params=query, content=data, timeout=timeout,
+                              headers=self._headers(ctx, headers, has_json))
+        if plain is not None:  # the same request on the wire, without httpx's objects
+            return await self._send_plain(plain, self._where(url))
         hdrs = httpx.Headers({**self.settings.headers, **self.settings.auth_headers})
         hdrs["Idempotency-Key"] = ctx.idempotency_key
         if ctx.traceparent:
             hdrs["traceparent"] = ctx.traceparent
         hdrs.update(headers or {})  # the step may override anything, on purpose
-        body: dict[str, Any] = {}
         if has_json:
-            body["content"] = orjson.dumps(json)
             hdrs.setdefault("content-type", "application/json")
-        elif content is not None:
-            body["content"] = content.encode()
-        req = client.build_request(method, url, params=query, headers=hdrs, timeout=timeout, **body)
+        req = client.build_request(method, url, params=query, headers=hdrs, timeout=timeout,
+                                   content=data)
         return result_of(await send(client, req, name=self.name, secrets=self._secrets))
 
     def _headers(self, ctx: CallContext, extra: Mapping[str, str] | None,
