@@ -10,7 +10,8 @@
     │   ├── VerificationError  missing/wrong/stale signature          → 401
     │   └── PayloadError       unparsable body or schema violation    → 400
     └── TransportError         the transport cannot take or keep a message
-        └── BackpressureError  the backlog is over its bound           → 503 + Retry-After
+        ├── BackpressureError  the backlog is over its bound           → 503 + Retry-After
+        └── LeaseLostError     another process took over a message this one held too long
 
 Names end in ``Error``; nothing catches ``Exception`` and carries on.
 """
@@ -102,3 +103,8 @@ class BackpressureError(TransportError):
     def __init__(self, message: str, *, retry_after: float = 1.0):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class LeaseLostError(TransportError):
+    """A process sharing the embedded file held a message past its lease and another process
+    claimed it; this one's ending is not recorded (the other run decides the outcome)."""

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from bus.envelope import Envelope
-from bus.errors import TransportError
+from bus.errors import LeaseLostError, TransportError
 
 
 class MessageState(StrEnum):
@@ -181,13 +181,14 @@ async def run_handler(
 ) -> None:
     """The contract every engine keeps: a handler that raises, or returns without ending its
     delivery, is logged and its message retried later (``crash_retry(reason)``).
-    ``passthrough`` errors (the engine's own outages) propagate instead."""
+    ``passthrough`` errors (the engine's own outages) propagate instead, and so does
+    LeaseLostError: the message is another process's now, there is nothing to retry here."""
     env = delivery.envelope
     try:
         await handler(delivery)
         if not delivery.ended:
             await crash_retry("handler returned without complete/retry/dead")
-    except passthrough:
+    except (LeaseLostError, *passthrough):
         raise
     except Exception as exc:
         structlog.get_logger("tieline.transport").error(

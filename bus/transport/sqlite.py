@@ -1,9 +1,15 @@
 """The embedded transport: asyncio in-process, durable in one SQLite file (WAL, group commit).
 
-SQLite holds the truth (messages, ledger, dead letters, dedupe keys); memory holds only the
-order of work (one FlowQueue per flow) and backlog counters. Every write returns after
-COMMIT; memory is updated only after that, so a crash loses nothing acknowledged, and on
-start() every queued message — including those a killed process had in flight — runs again.
+SQLite holds the truth (messages, ledger, dead letters, dedupe keys). Every write returns
+after COMMIT, so a crash loses nothing acknowledged. Who orders the work depends on how many
+processes use the file:
+
+- alone (``shared=False``, the default; ``sqlite_local``): memory holds the order of work and
+  the backlog counters; on start() every queued message, including those a killed process had
+  in flight, runs again;
+- shared (``shared=True``; ``sqlite_shared``): ingress, worker and CLI processes on one machine
+  open the same file and claim messages from it under leases, so delivery uses more than one
+  core. ``sqlite_lock`` keeps the two kinds of process off each other's file.
 """
 
 from __future__ import annotations
@@ -11,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 
 from bus.envelope import Envelope
-from bus.errors import BackpressureError, TransportError
+from bus.errors import BackpressureError, LeaseLostError, TransportError
 from bus.transport import sqlite_store as store
 from bus.transport.base import (
     DeadLetter,
@@ -32,7 +37,9 @@ from bus.transport.base import (
 )
 from bus.transport.entries import received_entry
 from bus.transport.sqlite_delivery import SqliteDelivery
-from bus.transport.sqlite_scheduler import FlowQueue
+from bus.transport.sqlite_local import LocalQueues
+from bus.transport.sqlite_lock import FileLock
+from bus.transport.sqlite_shared import DEFAULT_LEASE, SharedQueues
 from bus.transport.sqlite_writer import Connect, GroupCommitWriter, Reader, Sync
 
 log = structlog.get_logger()
@@ -44,6 +51,8 @@ DEDUPE_EXPIRY_EVERY = 60.0  # purge expired dedupe keys at most this often
 class SqliteTransport(Transport):
     """Durable queue per flow, ledger, dead letters and inbound dedupe in one SQLite file.
 
+    ``shared``: several processes use the file (see the module docstring); ``lease``: how long
+    a claimed message stays with a process that stops renewing it (shared only).
     ``connect`` (tests, tooling) builds each sqlite3 connection instead of ``sqlite3.connect``.
     ``stats`` counts commits and write jobs: jobs/commits is the group-commit factor.
     """
@@ -57,56 +66,69 @@ class SqliteTransport(Transport):
         retention: float = 7 * 86400,
         sync: Sync = "full",
         clock: Callable[[], float] = time.time,
-        poll_interval: float = 0.05,
+        poll_interval: float | None = None,
         connect: Connect | None = None,
+        shared: bool = False,
+        lease: float = DEFAULT_LEASE,
     ):
         if sync not in ("full", "normal"):
             raise ValueError(f"SqliteTransport: sync={sync!r} is not 'full' or 'normal'")
         self.path = Path(path)
         self.clock = clock
-        self._limit = backlog_limit
+        self.backlog_limit = backlog_limit
+        self.sync: Sync = sync
+        self.connect = connect
         self._dedupe_window = dedupe_window
         self._retention = retention
-        self._poll = poll_interval
         self.writer = GroupCommitWriter(self.path, connect, sync)
-        self._reader = Reader(self.path, connect, sync)
+        self.reader = Reader(self.path, connect, sync)
         self.stats = self.writer.stats
-        self._queues: dict[str, FlowQueue] = {}
-        self._consumers: dict[str, tuple[Handler, int]] = {}
-        self._dispatchers: list[asyncio.Task[None]] = []
+        # Alone, a timer wakes its queue itself, so the poll only bounds a jumping clock; shared,
+        # the poll is how soon another process's commit is seen.
+        self.queues: LocalQueues | SharedQueues = (
+            SharedQueues(self, clock, 0.005 if poll_interval is None else poll_interval, lease)
+            if shared else LocalQueues(self, clock, 0.05 if poll_interval is None else poll_interval)
+        )
+        self._lock = FileLock(self.path, shared=shared)
+        self._consumed: set[str] = set()
         self._inflight: set[asyncio.Task[None]] = set()
-        self._backlog: Counter[str] = Counter()
-        self._reserved = 0  # envelopes of publishes still waiting for their commit
         self._dedupe_expired_at = float("-inf")  # touched on the writer thread only
         self._state = "new"
+
+    @property
+    def owner(self) -> str | None:
+        """This process's lease name when the file is shared, else None."""
+        return self.queues.owner
 
     # ----- life -------------------------------------------------------------------------
     async def start(self) -> None:
         if self._state != "new":
             raise TransportError(f"embedded transport {self.path}: start() called twice")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await self.writer.start(store.create_schema)
-        await self._reader.start()
-        for envelope, available_at in await self._reader.read(store.load_queued):
-            self.enqueue(envelope, available_at)
+        self._lock.acquire()
+        try:
+            await self.writer.start(store.create_schema)
+            await self.reader.start()
+            await self.queues.start()
+        except BaseException:
+            self._lock.release()
+            raise
         self._state = "running"
-        for flow in self._consumers:
-            self._spawn_dispatcher(flow)
 
     async def close(self, timeout: float = 10.0) -> None:
         if self._state != "running":
             return
         self._state = "closing"
-        for task in self._dispatchers:
-            task.cancel()
-        await asyncio.gather(*self._dispatchers, return_exceptions=True)
+        await self.queues.stop()
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
-            for task in pending:  # their messages stay queued in SQLite and run after restart
+            for task in pending:  # their messages stay queued in SQLite and run again later
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.queues.release_held()
         await self.writer.close()
-        await self._reader.close()
+        await self.reader.close()
+        self._lock.release()
         self._state = "closed"
 
     # ----- producing --------------------------------------------------------------------
@@ -119,76 +141,54 @@ class SqliteTransport(Transport):
         entries: Sequence[LedgerEntry] = (),
     ) -> PublishResult:
         envs = list(envelopes)
-        backlog = self._backlog.total() + self._reserved
-        if backlog + len(envs) > self._limit:
+        with self.queues.reserving(len(envs)):
+            job = _Publish(self, envs, dedupe_key, self.clock(), delay, entries)
+            outcome = await self.writer.submit(job)
+        if isinstance(outcome, _OverBound):
             raise BackpressureError(
-                f"embedded transport {self.path}: backlog is {backlog} messages, the bound is "
-                f"{self._limit}; retry later, or raise the transport's backlog_limit",
+                f"embedded transport {self.path}: backlog is {outcome.backlog} messages, the "
+                f"bound is {self.backlog_limit}; retry later, or raise the transport's backlog_limit",
                 retry_after=1.0,
             )
-        job = _Publish(self, envs, dedupe_key, self.clock(), delay, entries)
-        self._reserved += len(envs)
-        try:
-            duplicate_of = await self.writer.submit(job)
-        finally:
-            self._reserved -= len(envs)
-        if duplicate_of is not None:
-            return PublishResult(accepted=[], duplicate_of=duplicate_of)
+        if outcome is not None:
+            return PublishResult(accepted=[], duplicate_of=outcome)
         return PublishResult(accepted=[e.id for e in envs])
 
     def enqueue(self, envelope: Envelope, available_at: float, *, new: bool = True) -> None:
-        """Hand a committed queued message to its flow's scheduler (``new``: count it in the backlog)."""
-        if new:
-            self._backlog[envelope.flow] += 1
-        self._queue(envelope.flow).put(envelope, available_at)
+        """A queued message was committed (``new``: not yet counted in the backlog)."""
+        self.queues.enqueue(envelope, available_at, new=new)
 
     def settled(self, flow: str) -> None:
         """A message of ``flow`` reached a terminal state."""
-        self._backlog[flow] -= 1
-
-    def _queue(self, flow: str) -> FlowQueue:
-        queue = self._queues.get(flow)
-        if queue is None:
-            queue = self._queues[flow] = FlowQueue(self.clock, self._poll)
-        return queue
+        self.queues.settled(flow)
 
     # ----- consuming --------------------------------------------------------------------
     def consume(self, flow: str, handler: Handler, *, concurrency: int = 16) -> None:
-        if flow in self._consumers:
+        if flow in self._consumed:
             raise TransportError(
                 f"embedded transport: flow {flow!r} already has a consumer; call consume() once per flow"
             )
         if concurrency < 1:
             raise ValueError(f"consume({flow!r}): concurrency must be >= 1, got {concurrency}")
-        self._consumers[flow] = (handler, concurrency)
-        if self._state == "running":
-            self._spawn_dispatcher(flow)
+        self._consumed.add(flow)
+        self.queues.consume(flow, handler, concurrency)
 
-    def _spawn_dispatcher(self, flow: str) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._dispatch(flow), name=f"tieline-dispatch-{flow}"
-        )
-        self._dispatchers.append(task)
-
-    async def _dispatch(self, flow: str) -> None:
-        handler, concurrency = self._consumers[flow]
-        slots = asyncio.Semaphore(concurrency)
-        queue = self._queue(flow)
-        while True:
-            await slots.acquire()
-            envelope = await queue.get()
-            task = asyncio.get_running_loop().create_task(self._deliver(handler, envelope, slots))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-
-    async def _deliver(
-        self, handler: Handler, envelope: Envelope, slots: asyncio.Semaphore
+    def start_delivery(
+        self, handler: Handler, envelope: Envelope, done: Callable[[asyncio.Task], None]
     ) -> None:
+        """Run ``handler`` on ``envelope`` in a task; ``done`` frees the queue's slot after."""
+        task = asyncio.get_running_loop().create_task(self._deliver(handler, envelope))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(done)
+
+    async def _deliver(self, handler: Handler, envelope: Envelope) -> None:
         delivery = SqliteDelivery(self, envelope)
         try:
             await run_handler(handler, delivery, lambda why: self._crash_retry(delivery, why))
-        finally:
-            slots.release()
+        except LeaseLostError as exc:  # another process runs it now; this run's end is void
+            log.warning("transport.lease_lost", message_id=envelope.id, flow=envelope.flow,
+                        owner=self.owner, error=str(exc))
 
     async def _crash_retry(self, delivery: SqliteDelivery, error: str) -> None:
         envelope = delivery.current
@@ -204,16 +204,25 @@ class SqliteTransport(Transport):
         )
         try:
             await delivery.retry(envelope, CRASH_RETRY_DELAY, [entry])
+        except LeaseLostError:
+            raise
         except TransportError as exc:  # it is still queued in SQLite: keep it running here too
             log.error("transport.crash_retry_failed", message_id=envelope.id, error=str(exc))
             self.enqueue(envelope, self.clock() + CRASH_RETRY_DELAY, new=False)
 
+    async def release(self, owner: str) -> int:
+        """Give back every lease ``owner`` holds, e.g. after a supervisor saw that worker die
+        (shared only); returns how many messages are due again."""
+        if not isinstance(self.queues, SharedQueues):
+            raise TransportError(f"embedded transport {self.path}: release() needs shared=True")
+        return await self.queues.release(owner)
+
     # ----- ledger -----------------------------------------------------------------------
     async def message(self, message_id: str) -> MessageRecord | None:
-        return await self._reader.read(store.get_record, message_id)
+        return await self.reader.read(store.get_record, message_id)
 
     async def history(self, message_id: str) -> list[LedgerEntry]:
-        return await self._reader.read(store.get_history, message_id)
+        return await self.reader.read(store.get_history, message_id)
 
     async def search(
         self,
@@ -225,7 +234,7 @@ class SqliteTransport(Transport):
         until: float | None = None,
         limit: int = 100,
     ) -> list[MessageRecord]:
-        return await self._reader.read(
+        return await self.reader.read(
             store.search,
             flow=flow,
             state=state,
@@ -237,10 +246,10 @@ class SqliteTransport(Transport):
 
     # ----- dead letters -----------------------------------------------------------------
     async def dead_letters(self, *, flow: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        return await self._reader.read(store.dead_letters, flow=flow, limit=limit)
+        return await self.reader.read(store.dead_letters, flow=flow, limit=limit)
 
     async def dead_letter(self, message_id: str) -> DeadLetter | None:
-        found = await self._reader.read(store.dead_letters, message_id=message_id, limit=1)
+        found = await self.reader.read(store.dead_letters, message_id=message_id, limit=1)
         return found[0] if found else None
 
     async def replay(self, message_id: str, envelope: Envelope | None = None) -> bool:
@@ -292,7 +301,16 @@ class SqliteTransport(Transport):
 
     # ----- state ------------------------------------------------------------------------
     async def backlog(self, flow: str | None = None) -> int:
-        return self._backlog.total() if flow is None else self._backlog[flow]
+        return await self.queues.backlog(flow)
+
+
+class _OverBound:
+    """What a shared publish's transaction found instead of room: the backlog at that moment."""
+
+    __slots__ = ("backlog",)
+
+    def __init__(self, backlog: int):
+        self.backlog = backlog
 
 
 class _Publish:
@@ -315,14 +333,17 @@ class _Publish:
         self.transport, self.envs, self.dedupe_key = transport, envs, dedupe_key
         self.now, self.delay, self.entries = now, delay, entries
 
-    def work(self, conn: sqlite3.Connection) -> list[str] | None:
-        """Store the messages; the dedupe claim's ids instead if the key is taken. Plain SQL
-        over captured values: the writer may run it again after a rollback."""
+    def work(self, conn: sqlite3.Connection) -> list[str] | _OverBound | None:
+        """Store the messages; the dedupe claim's ids instead if the key is taken, or the
+        backlog if the file is shared and full. Plain SQL over captured values: the writer
+        may run it again after a rollback."""
         t, now, envs = self.transport, self.now, self.envs
         if now - t._dedupe_expired_at >= DEDUPE_EXPIRY_EVERY:
             store.dedupe_expire(conn, now)
             store.prune_finished(conn, now - t._retention)
             t._dedupe_expired_at = now
+        if t.queues.shared and (backlog := t.queues.over_bound(conn, len(envs))) is not None:
+            return _OverBound(backlog)
         key = self.dedupe_key
         if key is not None:
             ids = [e.id for e in envs]
@@ -340,8 +361,8 @@ class _Publish:
         )
         return None
 
-    def after(self, duplicate_of: list[str] | None) -> None:
-        if duplicate_of is None:
+    def after(self, outcome: list[str] | _OverBound | None) -> None:
+        if outcome is None:
             available_at = self.now + max(self.delay, 0.0)
             for e in self.envs:
                 self.transport.enqueue(e, available_at)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bus.envelope import Envelope
+from bus.errors import LeaseLostError
 from bus.transport import sqlite_store as store
 from bus.transport.base import Delivery, LedgerEntry, MessageState
 from bus.transport.entries import (
@@ -25,9 +26,6 @@ if TYPE_CHECKING:
     from bus.transport.sqlite import SqliteTransport
 
 
-
-
-
 class SqliteDelivery(Delivery):
     """A delivery; ``current`` is the latest checkpointed envelope (what a crash retry runs)."""
 
@@ -35,12 +33,15 @@ class SqliteDelivery(Delivery):
         self.envelope = envelope
         self.current = envelope
         self._t = transport
+        self._owner = transport.owner
         self._ended = False
 
     async def _end(self, work, after) -> None:
         self._ended = True  # claimed now so a second ending call fails fast
         try:
             await self._t.writer.write(work, after)
+        except LeaseLostError:
+            raise  # over: another process has the message
         except BaseException:
             self._ended = False
             raise
@@ -50,10 +51,14 @@ class SqliteDelivery(Delivery):
         now = self._t.clock()
 
         def work(conn) -> None:
-            store.update_message(conn, envelope, now)
+            store.update_message(conn, envelope, now, owner=self._owner)
             store.insert_ledger(conn, entries)
 
-        await self._t.writer.write(work)
+        try:
+            await self._t.writer.write(work)
+        except LeaseLostError:
+            self._ended = True  # another process has the message: nothing more to record here
+            raise
         self.current = envelope
 
     async def complete(
@@ -70,7 +75,7 @@ class SqliteDelivery(Delivery):
         children = [(child, now + max(delay, 0.0)) for child, delay in emit]
 
         def work(conn) -> None:
-            store.update_message(conn, envelope, now, state=state)
+            store.update_message(conn, envelope, now, state=state, owner=self._owner, release=True)
             if children:
                 store.insert_messages(conn, children, now)
             store.insert_ledger(conn, lines)
@@ -92,7 +97,9 @@ class SqliteDelivery(Delivery):
         lines = retry_lines(envelope, now, delay, available_at, entries)
 
         def work(conn) -> None:
-            store.update_message(conn, envelope, now, available_at=available_at)
+            store.update_message(
+                conn, envelope, now, available_at=available_at, owner=self._owner, release=True
+            )
             store.insert_ledger(conn, lines)
 
         def after(_: None) -> None:
@@ -113,7 +120,10 @@ class SqliteDelivery(Delivery):
         step, lines = dead_lines(envelope, now, error, entries)
 
         def work(conn) -> None:
-            store.update_message(conn, envelope, now, state=MessageState.DEAD, error=error)
+            store.update_message(
+                conn, envelope, now, state=MessageState.DEAD, error=error, owner=self._owner,
+                release=True,
+            )
             store.insert_dead(conn, envelope, step, error, error_chain, now)
             store.insert_ledger(conn, lines)
 

@@ -12,9 +12,10 @@ from collections.abc import Iterable, Sequence
 import orjson
 
 from bus.envelope import Envelope
+from bus.errors import LeaseLostError
 from bus.transport.base import DeadLetter, LedgerEntry, MessageRecord, MessageState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -26,7 +27,8 @@ CREATE TABLE IF NOT EXISTS messages (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     correlation_id TEXT,
-    error TEXT
+    error TEXT,
+    lease_owner TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_state_flow ON messages(state, flow);
 CREATE INDEX IF NOT EXISTS messages_correlation ON messages(correlation_id);
@@ -60,19 +62,74 @@ CREATE TABLE IF NOT EXISTS dead (
 CREATE INDEX IF NOT EXISTS dead_flow_at ON dead(flow, dead_at);
 """
 
+# Version 2: what several processes sharing one file need (bus/transport/sqlite_shared.py).
+# ``lease_owner`` names the process running a claimed message; ``messages_ready`` finds due
+# messages per flow; ``backlog`` counts queued messages per flow, kept exact by triggers, so
+# every process reads the same bound without counting rows.
+SCHEMA_V2 = """
+CREATE INDEX IF NOT EXISTS messages_ready ON messages(flow, available_at) WHERE state = 'queued';
+CREATE TABLE IF NOT EXISTS backlog (flow TEXT PRIMARY KEY, queued INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS backlog_insert AFTER INSERT ON messages
+WHEN NEW.state = 'queued' BEGIN
+    INSERT OR IGNORE INTO backlog VALUES (NEW.flow, 0);
+    UPDATE backlog SET queued = queued + 1 WHERE flow = NEW.flow;
+END;
+CREATE TRIGGER IF NOT EXISTS backlog_state AFTER UPDATE OF state ON messages
+WHEN OLD.state IS NOT NEW.state AND 'queued' IN (OLD.state, NEW.state) BEGIN
+    UPDATE backlog SET queued = queued - 1 WHERE flow = OLD.flow AND OLD.state = 'queued';
+    INSERT OR IGNORE INTO backlog VALUES (NEW.flow, 0);
+    UPDATE backlog SET queued = queued + 1 WHERE flow = NEW.flow AND NEW.state = 'queued';
+END;
+CREATE TRIGGER IF NOT EXISTS backlog_delete AFTER DELETE ON messages
+WHEN OLD.state = 'queued' BEGIN
+    UPDATE backlog SET queued = queued - 1 WHERE flow = OLD.flow;
+END;
+"""
+
 _QUEUED = MessageState.QUEUED.value
 _DEAD = MessageState.DEAD.value
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
-    """Create the tables if missing; refuse a file written by a newer schema."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise sqlite3.DatabaseError(
-            f"schema version {version} is newer than this tieline understands ({SCHEMA_VERSION}); "
-            "upgrade tieline or point the transport at another file"
-        )
-    conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+    """Create the tables if missing, upgrade a version 1 file; refuse a newer schema.
+
+    Inside one IMMEDIATE transaction, version read included: processes starting together on
+    one file take turns, and only the first upgrades it.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {version} is newer than this tieline understands "
+                f"({SCHEMA_VERSION}); upgrade tieline or point the transport at another file"
+            )
+        script = SCHEMA + SCHEMA_V2  # IF NOT EXISTS throughout: a no-op on a current file
+        if version == 1:  # a file of an earlier tieline: add the lease column, count the backlog
+            script = (
+                "ALTER TABLE messages ADD COLUMN lease_owner TEXT;" + SCHEMA_V2 +
+                "INSERT INTO backlog SELECT flow, count(*) FROM messages WHERE state = 'queued'"
+                " GROUP BY flow;"
+            )
+        for statement in _statements(script):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements (triggers hold semicolons, so ask SQLite where they end);
+    ``executescript`` would commit the open transaction first."""
+    out, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            out.append(pending.strip())
+            pending = ""
+    return [s for s in out if s.strip(" ;\n")]
 
 
 # ----- writes (inside the writer's transaction) --------------------------------------------
@@ -116,13 +173,27 @@ def update_message(
     state: MessageState | None = None,
     available_at: float | None = None,
     error: str | None = None,
+    owner: str | None = None,
+    release: bool = False,
 ) -> None:
-    """Store the message's new envelope, and its new state / availability when given."""
-    conn.execute(
+    """Store the message's new envelope, and its new state / availability when given.
+
+    ``owner``: only if this process still holds the message's lease (processes sharing the
+    file), else LeaseLostError; ``release``: the ending gives the lease up.
+    """
+    sql = (
         "UPDATE messages SET envelope = ?, updated_at = ?, state = coalesce(?, state),"
-        " available_at = coalesce(?, available_at), error = coalesce(?, error) WHERE id = ?",
-        (envelope.to_json(), now, state.value if state else None, available_at, error, envelope.id),
+        " available_at = coalesce(?, available_at), error = coalesce(?, error)"
+        f"{', lease_owner = NULL' if release else ''} WHERE id = ?"
     )
+    args = [envelope.to_json(), now, state.value if state else None, available_at, error, envelope.id]
+    if owner is None:
+        conn.execute(sql, args)
+    elif not conn.execute(sql + " AND lease_owner = ?", [*args, owner]).rowcount:
+        raise LeaseLostError(
+            f"message {envelope.id}: its lease passed to another process (held longer than "
+            "the lease, or released after this process was thought dead); that run decides it"
+        )
 
 
 def prune_finished(conn: sqlite3.Connection, before: float) -> int:

@@ -18,7 +18,7 @@ from bus.envelope import Envelope, new_id
 from bus.transport.base import Delivery, LedgerEntry, MessageState, Transport
 from bus.transport.sqlite import SqliteTransport
 
-ENGINES = ["embedded", "rabbitmq"]
+ENGINES = ["embedded", "embedded-shared", "rabbitmq"]
 AMQP_URL = os.environ.get("TIELINE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("TIELINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -29,6 +29,8 @@ def _build(engine: str, where: Path, **options: Any) -> Transport:
     """A new, not yet started transport of ``engine``; ``options``: backlog_limit, dedupe_window."""
     if engine == "embedded":
         return SqliteTransport(where / "bus.sqlite3", poll_interval=0.01, **options)
+    if engine == "embedded-shared":  # the same file, opened to share with other processes
+        return SqliteTransport(where / "bus.sqlite3", shared=True, **options)
     if engine == "rabbitmq":
         from bus.transport.rabbitmq import RabbitTransport
 
