@@ -33,11 +33,15 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", "-c", default=DEFAULT_FLOWS, help="flows.yaml to use")
         sp.add_argument("--url", help="base URL of a running bus (default: from the config)")
 
-    for role, text in (("run", "serve HTTP and run the flows in this process"),
-                       ("serve", "HTTP ingress only (transport: rabbitmq)"),
-                       ("worker", "consume and run the flows, no HTTP (transport: rabbitmq)")):
+    for role, text in (("run", "serve HTTP and run the flows (in worker processes with --workers)"),
+                       ("serve", "HTTP ingress only; 'tieline worker' processes run the flows"),
+                       ("worker", "consume and run the flows, no HTTP")):
         sp = sub.add_parser(role, help=text)
         sp.add_argument("file", nargs="?", default=DEFAULT_FLOWS)
+        if role == "run":
+            sp.add_argument("--workers", type=int, metavar="N",
+                            help="run the flows in N worker processes beside the server, "
+                                 "to use N cores (default: settings.workers, 0 = this process)")
         if role != "worker":
             sp.add_argument("--host")
             sp.add_argument("--port", type=int)

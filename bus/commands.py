@@ -52,8 +52,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if bool(cert) != bool(key):
             print("error: --tls-cert and --tls-key go together", file=sys.stderr)
             return 2
+        workers = getattr(args, "workers", None)
+        if workers is not None and workers < 0:
+            print("error: --workers takes a number >= 0", file=sys.stderr)
+            return 2
         run(args.file, getattr(args, "host", None), getattr(args, "port", None),
-            role=args.cmd, watch=args.watch, tls_files=(cert, key) if cert else None)
+            role=args.cmd, watch=args.watch, tls_files=(cert, key) if cert else None,
+            workers=workers, log_level=args.log_level)
     except TielineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

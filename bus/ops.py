@@ -134,7 +134,8 @@ async def operations(
         async with httpx.AsyncClient(timeout=10.0) as client:
             yield RemoteOps(found, client)
         return
-    rt = Runtime.from_file(config_path)
+    # Shared: worker processes of this bus may still run on the file (its server is down).
+    rt = Runtime.from_file(config_path, shared=True)
     await rt.start(consume=consume)
     try:
         yield LocalOps(rt)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -27,7 +29,9 @@ from connectors.registry import ConnectorRegistry
 log = structlog.get_logger("tieline.runtime")
 
 
-def build_transport(config: Config) -> Transport:
+def build_transport(config: Config, *, shared: bool = False) -> Transport:
+    """The configured transport; ``shared``: other processes use the same embedded file too
+    (serve and worker roles, ``settings.workers``, the CLI beside a running bus)."""
     s = config.settings
     if s.transport == "embedded":
         from bus.transport.sqlite import SqliteTransport
@@ -39,6 +43,7 @@ def build_transport(config: Config) -> Transport:
             dedupe_window=s.dedupe_window,
             retention=s.retention,
             sync=s.sync,
+            shared=shared,
         )
     if s.transport == "rabbitmq":
         from bus.transport.rabbitmq import RabbitTransport
@@ -91,12 +96,14 @@ class Runtime:
         transport: Transport | None = None,
         http: httpx.AsyncClient | None = None,
         connectors: Mapping[str, Connector] | None = None,
+        shared: bool = False,
     ):
-        """``connectors`` replaces the instances built from the config (flow tests use mocks)."""
+        """``connectors`` replaces the instances built from the config (flow tests use mocks);
+        ``shared``: other processes use the embedded file too (see ``build_transport``)."""
         self.config = config
         self.registry = registry
         self.flows: Mapping[str, CompiledFlow] = compile_all(config)
-        self.transport = transport or build_transport(config)
+        self.transport = transport or build_transport(config, shared=shared)
         self._own_http = http is None
         self.http = http or outbound_client(config)
         self.connectors: dict[str, Connector] = dict(connectors) if connectors is not None else {
@@ -109,6 +116,8 @@ class Runtime:
         self.ingress = Ingress(self.flows, self.connectors, self.transport, self.observers)
         self.runner = FlowRunner(self.flows, self.connectors, self.transport, observer=self.observers)
         self.ready = False
+        self.consuming = False  # this process runs the flows (not the serve role)
+        self.supervisor = None  # bus.supervisor.Supervisor of `tieline run` with workers
         self.security = None
         if config.security:  # imported only then: JWT and crypto cost ~0.15 s of start-up
             from bus.security.setup import build_security
@@ -123,10 +132,15 @@ class Runtime:
 
     @classmethod
     def from_file(
-        cls, path: str | Path, *, env: Mapping[str, str] | None = None, **kw: object
+        cls, path: str | Path, *, env: Mapping[str, str] | None = None,
+        workers: int | None = None, **kw: object,
     ) -> Runtime:
+        """``workers`` overrides ``settings.workers`` (``tieline run --workers``)."""
         registry = ConnectorRegistry.from_entry_points()
         config = load_config(path, connector_types=registry.types, env=env)
+        if workers is not None:
+            config = replace(config, settings=replace(config.settings, workers=workers))
+        kw.setdefault("shared", config.settings.workers > 0)
         runtime = cls(config, registry, **kw)  # type: ignore[arg-type]
         runtime.env = env  # a reload reads the same environment
         return runtime
@@ -137,6 +151,7 @@ class Runtime:
         await self.transport.start()
         if consume:
             self.runner.start()
+        self.consuming = consume
         self.ready = True
         log.info("bus_started", flows=len(self.flows), connectors=len(self.connectors))
 
@@ -167,7 +182,7 @@ class Runtime:
         self.runner.update(flows, self.connectors)
         for hook in self.on_apply:  # e.g. the HTTP app re-reads the sync-flow routes
             hook()
-        if self.ready:
+        if self.ready and self.consuming:
             for name in added:
                 cf = flows[name]
                 if cf.flow.enabled:
@@ -250,31 +265,37 @@ class Runtime:
             )
         )
         sockets = None
-        if self.config.settings.transport != "embedded":
+        if self.config.settings.transport != "embedded" or not consume:
             # Several `tieline serve` processes may share one port (the kernel spreads the
-            # connections): with a broker there is no per-process state to keep apart. The
-            # embedded transport is one SQLite file in one process, so it keeps the plain bind.
+            # connections): with a broker, or on an embedded file they share, there is no
+            # per-process state to keep apart. A process alone on its file keeps the plain
+            # bind, so a second one fails at once instead of sharing the port.
             sockets = [_shared_listener(server.config.host, server.config.port)]
         await self.start(consume=consume)
         background = self._reload_triggers(config_path, watch)
         background.append(asyncio.ensure_future(self._warm_up_outbound(server)))
         try:
+            if self.supervisor is not None:
+                await self.supervisor.start()
             await server.serve(sockets=sockets)
         finally:
             for task in background:
                 task.cancel()
+            if self.supervisor is not None:  # the workers finish what they hold first
+                await self.supervisor.stop()
             await self.stop()
 
     async def work(self, *, watch: bool = False, config_path: Path | None = None) -> None:
         """The ``worker`` role: consume and process until SIGINT/SIGTERM; no HTTP."""
-        import signal
-
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.start(consume=True)
         background = self._reload_triggers(config_path, watch)
+        from bus.supervisor import watch_parent
+
+        background.append(asyncio.ensure_future(watch_parent(stop)))
         try:
             await stop.wait()
         finally:
@@ -292,8 +313,6 @@ class Runtime:
             warm_up()
 
     def _reload_triggers(self, config_path: Path | None, watch: bool) -> list[asyncio.Task]:
-        import signal
-
         if config_path is None:
             return []
         from bus.reload import Reloader
@@ -344,20 +363,35 @@ def tune_process() -> None:
 def run(
     path: str | Path, host: str | None = None, port: int | None = None, *,
     role: str = "run", watch: bool = False, tls_files: tuple[str, str] | None = None,
+    workers: int | None = None, log_level: str = "info",
 ) -> None:
-    """Load, start and serve (or work) until a signal stops it (uvloop when installed)."""
-    runtime = Runtime.from_file(path)
-    if role != "run" and runtime.config.settings.transport == "embedded":
-        raise TielineError(
-            f"'tieline {role}' splits ingress from workers, which needs a shared broker: set "
-            "settings.transport: rabbitmq (the embedded transport lives in one process; use 'tieline run')"
+    """Load, start and serve (or work) until a signal stops it (uvloop when installed).
+
+    ``run`` with workers (``settings.workers`` or ``workers``): this process serves HTTP and
+    supervises that many ``worker`` processes running the flows; ``serve`` and ``worker``
+    alone are the same split, started by hand (or on several machines, with a broker).
+    """
+    if role != "run" and workers:
+        raise TielineError(f"--workers is for 'tieline run'; 'tieline {role}' is one process")
+    shared = True if role != "run" else None  # None: from settings.workers
+    runtime = Runtime.from_file(path, workers=workers, **({"shared": shared} if shared else {}))
+    count = runtime.config.settings.workers if role == "run" else 0
+    if count:
+        from bus.supervisor import Supervisor, worker_argv
+
+        release = getattr(runtime.transport, "release", None)  # embedded: free a dead worker's leases
+        runtime.supervisor = supervisor = Supervisor(
+            worker_argv(str(path), log_level=log_level, watch=False), count, on_exit=release
         )
+        # A reload (API, SIGHUP, --watch) of the server reaches every worker: they reload the
+        # same files on their SIGHUP.
+        runtime.on_apply.append(lambda: supervisor.forward(signal.SIGHUP))
     tune_process()
     if role == "worker":
         main = runtime.work(watch=watch, config_path=Path(path))
     else:
-        main = runtime.serve(host, port, consume=role == "run", watch=watch, config_path=Path(path),
-                             tls_files=tls_files)
+        main = runtime.serve(host, port, consume=role == "run" and not count, watch=watch,
+                             config_path=Path(path), tls_files=tls_files)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is not built for every platform

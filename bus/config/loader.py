@@ -152,7 +152,7 @@ class _Builder:
             tls_min_version=str(http.get("tls_min_version", "1.3")),
             rate_limit=self.rate(("settings", "http", "rate_limit"), http["rate_limit"])
             if http.get("rate_limit") else None)
-        simple = {k: raw[k] for k in ("transport", "backlog_limit", "sync", "sandbox",
+        simple = {k: raw[k] for k in ("transport", "backlog_limit", "sync", "workers", "sandbox",
                                       "amqp_url", "redis_url", "broker_prefix") if k in raw}
         return m.Settings(
             **simple, http=http_settings,

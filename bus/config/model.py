@@ -47,6 +47,7 @@ class Settings:
     dedupe_window: float = 7 * 86400.0  # seconds an inbound dedupe key is remembered
     retention: float = 7 * 86400.0  # seconds finished messages and their ledger are kept
     sync: Literal["full", "normal"] = "full"  # SQLite synchronous mode for the embedded transport
+    workers: int = 0  # worker processes `tieline run` starts beside its server (0: deliver itself)
     sandbox: bool = False
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     redis_url: str = "redis://127.0.0.1:6379/0"
