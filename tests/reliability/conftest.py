@@ -74,13 +74,15 @@ class Procs:
         self.live: list[subprocess.Popen] = []
         self.started = 0
 
-    def start(self, role: str, config: Path, port: int | None = None) -> subprocess.Popen:
-        """``python cli.py ROLE CONFIG [--port P]`` in the config's directory; stderr to a log file."""
+    def start(self, role: str, config: Path, port: int | None = None,
+              extra: tuple[str, ...] = ()) -> subprocess.Popen:
+        """``python cli.py ROLE CONFIG [--port P] [EXTRA…]`` in the config's directory; stderr to a log file."""
         self.started += 1
         log = (self.logs / f"{self.started:02d}-{role}.log").open("wb")
         cmd = [sys.executable, str(ROOT / "cli.py"), role, str(config), "--log-level", "warning"]
         if port is not None:
             cmd += ["--host", "127.0.0.1", "--port", str(port)]
+        cmd += extra
         proc = subprocess.Popen(cmd, cwd=config.parent, stdout=log, stderr=log,
                                 start_new_session=True)
         log.close()
