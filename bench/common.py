@@ -192,10 +192,13 @@ def start_sink(port: int, log: Path | None = None) -> subprocess.Popen:
 
 def start_tieline(config: Path, port: int, log: Path | None = None, *,
                   switch_interval: float | None = None,
-                  env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``tieline run``; with ``switch_interval``, the same CLI with the GIL switch interval
-    changed first (an experiment knob: the SQLite writer thread waits for the GIL)."""
+                  env: dict[str, str] | None = None, workers: int = 0) -> subprocess.Popen:
+    """``tieline run`` (``--workers N`` when given); with ``switch_interval``, the same CLI with
+    the GIL switch interval changed first (an experiment knob: the SQLite writer thread waits
+    for the GIL)."""
     cmd = [TIELINE, "run", str(config), "--port", str(port), "--log-level", "warning"]
+    if workers:
+        cmd += ["--workers", str(workers)]
     if switch_interval is not None:
         # after tune_process(), which sets the interval the bus runs with (0.001 s)
         cmd = [PY, "-c", "import sys; import bus.runtime as r; tune = r.tune_process; "
@@ -205,6 +208,14 @@ def start_tieline(config: Path, port: int, log: Path | None = None, *,
     proc = spawn(cmd, cwd=config.parent, log=log, env=env)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     return proc
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc), e.g. the workers of ``tieline run --workers``."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return sorted(found)
 
 
 def cpu_seconds(pid: int) -> float:

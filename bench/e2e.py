@@ -192,16 +192,35 @@ class Bus:
         """Stop every process we started, then delete what the run made on the broker."""
         for procs in self.procs.values():
             for proc in procs:
-                c.stop(proc)
+                if not isinstance(proc, _Pid):  # workers of `tieline run`: it stops them
+                    c.stop(proc)
         if self.prefix:
             c.drop_prefix(self.prefix)
 
 
 def start_embedded(bus: Bus, cfg: Path, args: argparse.Namespace, env: dict | None,
                    tmp: Path) -> None:
+    """``tieline run``, with ``--workers`` worker processes on the same SQLite file if asked."""
     port = int(bus.url.rsplit(":", 1)[1])
-    bus.procs["bus"] = [c.start_tieline(cfg, port, tmp / "tieline.log",
-                                        switch_interval=args.switch_interval, env=env)]
+    server = c.start_tieline(cfg, port, tmp / "tieline.log", switch_interval=args.switch_interval,
+                             env=env, workers=args.workers)
+    bus.procs["bus"] = [server]
+    if args.workers:
+        _until(lambda: len(c.children(server.pid)) == args.workers, [server],
+               f"{args.workers} workers")
+        # Popen-like handles, so Bus.stop() and the CPU table treat them as the others: the
+        # server stops them itself.
+        bus.procs["worker"] = [_Pid(pid) for pid in c.children(server.pid)]
+
+
+@dataclass
+class _Pid:
+    """A process this script did not start (a worker of ``tieline run``): its pid only."""
+
+    pid: int
+
+    def poll(self) -> int | None:
+        return None if Path(f"/proc/{self.pid}").exists() else 0
 
 
 def start_rabbitmq(bus: Bus, cfg: Path, args: argparse.Namespace, env: dict | None,
@@ -324,20 +343,23 @@ def main() -> None:
     ap.add_argument("--serve", type=int, default=None, help="rabbitmq: `tieline serve` processes "
                     "on one port (default 1)")
     ap.add_argument("--workers", type=int, default=None, help="rabbitmq: `tieline worker` "
-                    "processes (default 2)")
+                    "processes (default 2); embedded: `tieline run --workers N` (default 0)")
     ap.add_argument("--switch-interval", type=float, default=None,
                     help="experiment (embedded): sys.setswitchinterval in the bus (default 0.001, tune_process)")
     ap.add_argument("--pythonpath", default=None,
                     help="experiment: PYTHONPATH for the bus, e.g. a dir with sniffio installed")
     args = ap.parse_args()
     rabbit = args.transport == "rabbitmq"
-    if not rabbit and (args.serve is not None or args.workers is not None):
-        ap.error("--serve and --workers need --transport rabbitmq")
+    if not rabbit and args.serve is not None:
+        ap.error("--serve needs --transport rabbitmq (embedded: --workers N runs "
+                 "`tieline run --workers N`)")
     if rabbit and args.switch_interval is not None:
         ap.error("--switch-interval is an experiment on the embedded transport")
-    args.serve, args.workers = args.serve or 1, args.workers or 2
+    args.serve = args.serve or 1
+    args.workers = args.workers if args.workers is not None else (2 if rabbit else 0)
     shape = (f"transport=rabbitmq, {args.serve} serve + {args.workers} worker processes" if rabbit
-             else f"transport=embedded, sync={args.sync}")
+             else f"transport=embedded, sync={args.sync}"
+             + (f", tieline run --workers {args.workers}" if args.workers else ", one process"))
     lines, cpu_lines = [], []
     with tempfile.TemporaryDirectory(prefix="tieline-e2e-") as d:
         tmp = Path(d)

@@ -46,6 +46,7 @@ log = structlog.get_logger()
 
 CRASH_RETRY_DELAY = 1.0  # seconds before a message whose handler raised runs again
 DEDUPE_EXPIRY_EVERY = 60.0  # purge expired dedupe keys at most this often
+SHARED_LINGER = 0.003  # seconds a small batch waits for company on a shared file (sqlite_writer)
 
 
 class SqliteTransport(Transport):
@@ -80,13 +81,13 @@ class SqliteTransport(Transport):
         self.connect = connect
         self._dedupe_window = dedupe_window
         self._retention = retention
-        self.writer = GroupCommitWriter(self.path, connect, sync)
+        self.writer = GroupCommitWriter(self.path, connect, sync, SHARED_LINGER if shared else 0.0)
         self.reader = Reader(self.path, connect, sync)
         self.stats = self.writer.stats
         # Alone, a timer wakes its queue itself, so the poll only bounds a jumping clock; shared,
-        # the poll is how soon another process's commit is seen.
+        # it bounds how late another process's commit is seen when its doorbell ring is lost.
         self.queues: LocalQueues | SharedQueues = (
-            SharedQueues(self, clock, 0.005 if poll_interval is None else poll_interval, lease)
+            SharedQueues(self, clock, 0.05 if poll_interval is None else poll_interval, lease)
             if shared else LocalQueues(self, clock, 0.05 if poll_interval is None else poll_interval)
         )
         self._lock = FileLock(self.path, shared=shared)

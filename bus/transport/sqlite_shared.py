@@ -11,10 +11,11 @@ itself, so the order of work lives in the file:
   process's (``LeaseLostError`` otherwise), so two processes never both decide a message;
 - a process that dies leaves its messages leased: they run again when the lease ends, or at
   once when a supervisor (``tieline run`` with ``workers``) releases them;
-- other processes' commits are seen through ``PRAGMA data_version`` on a watch connection,
-  read every ``poll`` seconds (microseconds of work, so on the loop thread): only when the
-  file changed, or a scheduled message fell due, does the process look for work, and only when
-  the look finds some does it take the write lock to claim it;
+- a process that queued messages rings the others' doorbells (``sqlite_doorbell``); a rung
+  process, or one whose ``poll`` seconds passed, checks ``PRAGMA data_version`` on a watch
+  connection (microseconds of work, so on the loop thread): only when the file changed, or a
+  scheduled message fell due, does it look for work, and only when the look finds some does it
+  take the write lock to claim it;
 - the backlog bound is checked inside each publish's transaction against counters the schema's
   triggers keep (``backlog`` table), so it holds across processes exactly.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections import deque
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
@@ -33,6 +35,7 @@ import structlog
 from bus.envelope import Envelope, new_id
 from bus.errors import TransportError
 from bus.transport import sqlite_claims as claims
+from bus.transport import sqlite_doorbell as doorbell
 from bus.transport.base import Handler
 from bus.transport.sqlite_writer import open_connection
 
@@ -67,11 +70,15 @@ class SharedQueues:
         self.owner = process_owner()
         self._consumers: dict[str, tuple[Handler, int]] = {}
         self._held: dict[str, set[str]] = {}  # flow -> ids of the messages in this process's hands
+        self._waiting: dict[str, deque[Envelope]] = {}  # flow -> claimed, not yet started
+        self._busy: dict[str, int] = {}  # flow -> handlers under way
         self._due: dict[str, float | None] = {}  # flow -> when its next message is due (as last read)
         self._watch: sqlite3.Connection | None = None
         self._version = -1
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._chores: set[asyncio.Task] = set()  # bookkeeping writes nobody waits for
+        self._bell = doorbell.Doorbell(self.owner, clock)
         self._running = False
 
     async def start(self) -> None:
@@ -91,9 +98,15 @@ class SharedQueues:
     async def release_held(self) -> None:
         """Give back the leases of messages cut off by close(): they are due again at once."""
         ids = [mid for held in self._held.values() for mid in held]
-        if ids:
-            now = self._clock()
-            await self._t.writer.write(lambda conn: claims.release(conn, self.owner, now, ids))
+        now, owner = self._clock(), self.owner
+
+        def work(conn: sqlite3.Connection) -> None:
+            claims.release(conn, owner, now, ids)
+            doorbell.unregister(conn, [owner])
+
+        await asyncio.gather(*self._chores, return_exceptions=True)
+        await self._t.writer.write(work)
+        self._bell.close()
         if self._watch is not None:
             self._watch.close()
             self._watch = None
@@ -109,7 +122,9 @@ class SharedQueues:
         return backlog if backlog + count > self._t.backlog_limit else None
 
     def enqueue(self, envelope: Envelope, available_at: float, *, new: bool = True) -> None:
-        """This process committed a queued message: look for work now if it is ours to run."""
+        """This process committed a queued message: wake the others, and look for work now if
+        it is ours to run too."""
+        self._bell.ring_soon(self._bells, self._bells_gone)
         if envelope.flow in self._consumers:
             due = self._due.get(envelope.flow)
             self._due[envelope.flow] = available_at if due is None else min(due, available_at)
@@ -122,6 +137,24 @@ class SharedQueues:
         counts = claims.backlog_counts(self._watch_conn())
         return sum(counts.values()) if flow is None else counts.get(flow, 0)
 
+    def _bells(self) -> list[tuple[str, str]]:
+        return self._watch_conn().execute("SELECT owner, address FROM doorbells").fetchall()
+
+    def _bells_gone(self, owners: list[str]) -> None:
+        self._chore(lambda conn: doorbell.unregister(conn, owners))
+
+    def _chore(self, work: Callable[[sqlite3.Connection], object]) -> None:
+        """A write nobody waits for (bookkeeping); a failure is logged, the next one may do it."""
+        async def run() -> None:
+            try:
+                await self._t.writer.write(work)
+            except TransportError as exc:
+                log.warning("transport.bookkeeping_failed", owner=self.owner, error=str(exc))
+
+        task = asyncio.ensure_future(run())
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
     def _watch_conn(self) -> sqlite3.Connection:
         if self._watch is None:
             raise TransportError(f"embedded transport {self._t.path}: not running; call start() first")
@@ -131,6 +164,8 @@ class SharedQueues:
     def consume(self, flow: str, handler: Handler, concurrency: int) -> None:
         self._consumers[flow] = (handler, concurrency)
         self._held.setdefault(flow, set())
+        self._waiting.setdefault(flow, deque())
+        self._busy.setdefault(flow, 0)
         self._due[flow] = None
         self._version = -1  # read every flow's next due time again
         if self._running and not self._tasks:
@@ -138,6 +173,10 @@ class SharedQueues:
         self._wake.set()
 
     def _spawn(self) -> None:
+        address = self._bell.listen(self._wake.set)
+        if address is not None:
+            owner = self.owner
+            self._chore(lambda conn: doorbell.register(conn, owner, address))
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._dispatch(), name="tieline-claims"),
@@ -151,17 +190,24 @@ class SharedQueues:
         return changed
 
     async def _dispatch(self) -> None:
-        """Claim due messages while slots are free; otherwise wait for a change or a due time."""
+        """Keep each flow's handlers busy from what this process claimed, and claim again, a
+        flow's ``concurrency`` at a time, once no more than that is left in hand; otherwise
+        wait for a change to the file or a due time.
+
+        Claiming a batch ahead (a prefetch, as a broker's) spreads one claim's commit over many
+        messages instead of one per finished message; what waits in hand is leased like the rest.
+        """
         while True:
+            self._start_waiting()
             if self._changed():
                 conn = self._watch_conn()
                 for flow in self._consumers:
                     self._due[flow] = claims.next_due(conn, flow)
             now = self._clock()
             wanted = {
-                flow: concurrency - len(self._held[flow])
+                flow: 2 * concurrency - len(self._held[flow])
                 for flow, (_, concurrency) in self._consumers.items()
-                if len(self._held[flow]) < concurrency and (due := self._due[flow]) is not None
+                if len(self._held[flow]) <= concurrency and (due := self._due[flow]) is not None
                 and due <= now
             }
             if wanted:
@@ -175,7 +221,8 @@ class SharedQueues:
                     if len(envelopes) < wanted[flow]:  # the rest went to others, or is not due
                         self._due[flow] = None
                         self._version = -1
-                    self._run(flow, envelopes)
+                    self._held[flow].update(e.id for e in envelopes)
+                    self._waiting[flow].extend(envelopes)
                 continue
             self._wake.clear()
             timeout = self._poll
@@ -197,17 +244,22 @@ class SharedQueues:
 
         return await self._t.writer.write(work)
 
-    def _run(self, flow: str, envelopes: list[Envelope]) -> None:
-        handler, _ = self._consumers[flow]
-        held = self._held[flow]
-        for envelope in envelopes:
-            held.add(envelope.id)
+    def _start_waiting(self) -> None:
+        """Start handlers on claimed messages while their flows have free slots."""
+        for flow, waiting in self._waiting.items():
+            handler, concurrency = self._consumers[flow]
+            while waiting and self._busy[flow] < concurrency:
+                envelope = waiting.popleft()
+                self._busy[flow] += 1
+                self._t.start_delivery(handler, envelope, self._ended(flow, envelope.id))
 
-            def done(_task: asyncio.Task, mid: str = envelope.id) -> None:
-                held.discard(mid)
-                self._wake.set()  # a slot is free
+    def _ended(self, flow: str, mid: str) -> Callable[[asyncio.Task], None]:
+        def done(_task: asyncio.Task) -> None:
+            self._busy[flow] -= 1
+            self._held[flow].discard(mid)
+            self._wake.set()  # a slot is free
 
-            self._t.start_delivery(handler, envelope, done)
+        return done
 
     async def _renew(self) -> None:
         """Every third of the lease, extend the leases of the messages still in hand."""
@@ -225,4 +277,12 @@ class SharedQueues:
     async def release(self, owner: str) -> int:
         """Give back every lease ``owner`` holds (a supervisor, after that worker died)."""
         now = self._clock()
-        return await self._t.writer.write(lambda conn: claims.release(conn, owner, now))
+
+        def work(conn: sqlite3.Connection) -> int:
+            doorbell.unregister(conn, [owner])
+            return claims.release(conn, owner, now)
+
+        released = await self._t.writer.write(work)
+        if released:
+            self._bell.ring_soon(self._bells, self._bells_gone)
+        return released

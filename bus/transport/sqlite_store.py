@@ -65,7 +65,8 @@ CREATE INDEX IF NOT EXISTS dead_flow_at ON dead(flow, dead_at);
 # Version 2: what several processes sharing one file need (bus/transport/sqlite_shared.py).
 # ``lease_owner`` names the process running a claimed message; ``messages_ready`` finds due
 # messages per flow; ``backlog`` counts queued messages per flow, kept exact by triggers, so
-# every process reads the same bound without counting rows.
+# every process reads the same bound without counting rows; ``doorbells`` lists how to wake
+# each consuming process (bus/transport/sqlite_doorbell.py).
 SCHEMA_V2 = """
 CREATE INDEX IF NOT EXISTS messages_ready ON messages(flow, available_at) WHERE state = 'queued';
 CREATE TABLE IF NOT EXISTS backlog (flow TEXT PRIMARY KEY, queued INTEGER NOT NULL) WITHOUT ROWID;
@@ -80,6 +81,7 @@ WHEN OLD.state IS NOT NEW.state AND 'queued' IN (OLD.state, NEW.state) BEGIN
     INSERT OR IGNORE INTO backlog VALUES (NEW.flow, 0);
     UPDATE backlog SET queued = queued + 1 WHERE flow = NEW.flow AND NEW.state = 'queued';
 END;
+CREATE TABLE IF NOT EXISTS doorbells (owner TEXT PRIMARY KEY, address TEXT NOT NULL);
 CREATE TRIGGER IF NOT EXISTS backlog_delete AFTER DELETE ON messages
 WHEN OLD.state = 'queued' BEGIN
     UPDATE backlog SET queued = queued - 1 WHERE flow = OLD.flow;

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,11 +69,24 @@ class _Batch:
         self.failed = False
 
 
-class GroupCommitWriter:
-    """Runs write jobs on a dedicated thread, many jobs per transaction."""
+LINGER_BELOW = 8  # a batch this small waits ``linger`` for company when the writer is busy
+BUSY_GAP = 0.05  # seconds since the last commit within which the writer counts as busy
 
-    def __init__(self, path: Path, connect: Connect | None, sync: Sync):
+
+class GroupCommitWriter:
+    """Runs write jobs on a dedicated thread, many jobs per transaction.
+
+    ``linger``: while busy, a small batch waits this long before it commits, so that more
+    jobs share the commit. For processes sharing a file: every commit holds the file's one
+    write lock through its fsync, so fewer, larger commits are less waiting for all of them
+    (measured: 3 ms took a consumer's commits from ~2,900 to ~1,300 for 5,000 messages, its
+    CPU per message −45 %, p99 +6 ms). A lone message at idle never waits.
+    """
+
+    def __init__(self, path: Path, connect: Connect | None, sync: Sync, linger: float = 0.0):
         self._path = path
+        self._linger = linger
+        self._last_commit = float("-inf")
         self._connect = connect
         self._sync = sync
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tieline-sqlite-w")
@@ -81,7 +95,7 @@ class GroupCommitWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.stats = {"commits": 0, "jobs": 0, "failed_batches": 0}
+        self.stats = {"commits": 0, "jobs": 0, "failed_batches": 0, "lock_wait_s": 0.0}
 
     async def start(self, setup: Callable[[sqlite3.Connection], None]) -> None:
         loop = asyncio.get_running_loop()
@@ -92,6 +106,7 @@ class GroupCommitWriter:
         try:
             conn = open_connection(self._path, self._connect, self._sync)
             setup(conn)
+            conn.execute("PRAGMA busy_timeout=0")  # _begin waits for the lock itself
         except sqlite3.Error as exc:
             raise TransportError(
                 f"embedded transport {self._path}: cannot open the database ({exc}); "
@@ -129,6 +144,9 @@ class GroupCommitWriter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if self._linger and len(self._jobs) < LINGER_BELOW and (
+                    loop.time() - self._last_commit < BUSY_GAP):
+                await asyncio.sleep(self._linger)  # busy: let more jobs join this commit
             jobs, self._jobs = self._jobs, []
             try:
                 batch = await loop.run_in_executor(self._thread, self._commit, jobs)
@@ -137,6 +155,7 @@ class GroupCommitWriter:
                     if not job.future.done():
                         job.future.set_exception(self._error("run the batch", exc))
                 raise
+            self._last_commit = loop.time()
             self.stats["jobs"] += len(jobs)
             self.stats["commits"] += batch.committed
             self.stats["failed_batches"] += batch.failed
@@ -172,7 +191,9 @@ class GroupCommitWriter:
         assert conn is not None
         batch = _Batch(len(jobs))
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            waited = time.perf_counter()
+            _begin(conn)
+            self.stats["lock_wait_s"] += time.perf_counter() - waited
             results = []
             for job in jobs:
                 results.append((True, job.work(conn)))
@@ -213,7 +234,7 @@ class GroupCommitWriter:
         live: list[int] = []  # jobs whose writes are in the open transaction
         try:
             while todo:
-                conn.execute("BEGIN IMMEDIATE")
+                _begin(conn)
                 live, again = [], []
                 for pos, i in enumerate(todo):
                     conn.execute("SAVEPOINT job")
@@ -305,6 +326,34 @@ class Reader:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._thread, conn.close)
         self._thread.shutdown(wait=True)
+
+
+LOCK_WAIT = 5.0  # seconds a write waits for another process's write lock before it fails
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, waiting for another process's write lock in steps of 0.1 to 1 ms.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, 15… ms between tries: with several processes
+    on one file committing hundreds of times a second, those sleeps were most of a claim's
+    latency (measured: bench/RESULTS.md). Only taking the write lock can wait in WAL mode
+    (readers never block, the writer's COMMIT holds what it needs), so only BEGIN retries.
+    """
+    pause, deadline = 0.0001, None
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + LOCK_WAIT
+            elif now >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.001)
 
 
 def _is_full(exc: object) -> bool:

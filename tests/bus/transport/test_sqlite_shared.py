@@ -267,3 +267,32 @@ async def test_a_version_1_file_is_upgraded(tmp_path: Path, share: bool) -> None
                 await asyncio.sleep(0.01)
     finally:
         await transport.close()
+
+
+async def test_a_publish_rings_the_consumers_doorbell(tmp_path: Path) -> None:
+    """A consumer that would look at the file only every 30 s runs another process's message
+    at once: the publisher rang its doorbell. A bell nobody answers is struck off the list."""
+    db = tmp_path / "bus.sqlite3"
+    consumer = await shared(db, poll_interval=30.0)
+    producer = await shared(db, poll_interval=30.0)
+    rec = Recorder(complete)
+    consumer.consume("jobs", rec)
+    await asyncio.sleep(0.1)  # its bell is registered
+    await producer.writer.write(lambda conn: conn.execute(
+        "INSERT INTO doorbells VALUES ('gone', 'tieline-bell-nobody-listens')"))
+    try:
+        for _ in range(3):
+            env = Envelope.new("jobs", {})
+            loop = asyncio.get_running_loop()
+            sent = loop.time()
+            await producer.publish([env])
+            assert (await rec.next()).id == env.id
+            assert loop.time() - sent < 2.0
+        owners = await producer.reader.read(
+            lambda conn: [r[0] for r in conn.execute("SELECT owner FROM doorbells")])
+        assert owners == [consumer.owner]
+    finally:
+        await consumer.close()
+        await producer.close()
+    left = sqlite3.connect(db).execute("SELECT count(*) FROM doorbells").fetchone()[0]
+    assert left == 0  # each took its own bell down on close
