@@ -41,6 +41,7 @@ class Doorbell:
         self._bells: list[tuple[str, str]] = []  # (owner, address) of the others
         self._read_at = float("-inf")
         self._pending = False
+        self._turn = 0
 
     def listen(self, on_ring: Callable[[], None]) -> str | None:
         """Bind this process's bell; ``on_ring`` runs when another process rings it. The
@@ -88,13 +89,16 @@ class Doorbell:
             self._hand = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._hand.setblocking(False)
         dead = []
-        for owner, address in self._bells:
+        for _ in range(len(self._bells)):  # the next one that answers
+            self._turn = (self._turn + 1) % len(self._bells)
+            owner, address = self._bells[self._turn]
             try:
                 self._hand.sendto(b"!", f"\0{address}")
+                break
             except (ConnectionRefusedError, FileNotFoundError):
                 dead.append(owner)
             except (BlockingIOError, OSError):  # its queue is full: it is awake already
-                pass
+                break
         if dead:
             self._bells = [(o, a) for o, a in self._bells if o not in dead]
             gone(dead)
