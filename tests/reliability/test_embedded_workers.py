@@ -53,7 +53,7 @@ async def test_workers_killed_under_load_are_replaced(tmp_path: Path, sink, proc
     sending = asyncio.create_task(load.run())
     notes: list[str] = []
     try:
-        for k, share in enumerate((4, 2), start=1):
+        for share in (4, 2):
             mark = WORKER_MESSAGES // share
             await until(lambda m=mark: len(load.acked) >= m or sending.done(), 60, f"{mark} acks")
             victim = min(workers)
