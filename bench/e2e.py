@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import os
 import subprocess
 import tempfile
@@ -42,46 +41,17 @@ import aio_pika
 import aiohttp
 import common as c
 import httpx
+import loadgen
+from loadstats import Load, sample_backlog
 
 from bus.transport.rabbitmq_topology import Names
 
-
-@dataclass
-class Load:
-    """What one fixed-rate run saw from the sender's side."""
-
-    rate: float
-    duration: float
-    sent: int = 0
-    statuses: collections.Counter = field(default_factory=collections.Counter)
-    skipped: int = 0  # sends not made because ``inflight`` requests were already open
-    retry_after: int = 0  # 503 answers that carried Retry-After
-    ack_ms: list[float] = field(default_factory=list)  # request → 202 (response time)
-    backlog: list[int] = field(default_factory=list)  # /readyz samples, one a second
-
-    @property
-    def accepted(self) -> int:
-        return self.statuses[202]
-
-    def achieved(self) -> float:
-        return self.sent / self.duration
+generate = loadgen.generate  # the default generator (raw HTTP/1.1; memory.py uses it too)
 
 
-async def _sample_backlog(client: httpx.AsyncClient, load: Load, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            load.backlog.append((await client.get("/readyz")).json().get("backlog", -1))
-        except (httpx.HTTPError, ValueError):
-            load.backlog.append(-1)
-        try:
-            await asyncio.wait_for(stop.wait(), 1.0)
-        except TimeoutError:
-            pass
-
-
-async def generate(url: str, rate: float, duration: float, *, inflight: int = 512,
-                   connections: int = 64, on_tick=None) -> Load:  # noqa: ANN001 - optional per-second callback
-    """Send signed webhooks to ``url`` at ``rate``/s for ``duration`` s (open loop, bounded)."""
+async def generate_aiohttp(url: str, rate: float, duration: float, *, inflight: int = 512,
+                           connections: int = 64, on_tick=None) -> Load:  # noqa: ANN001 - optional per-second callback
+    """The earlier generator, on aiohttp (``--generator aiohttp``): same load, ~10x its CPU."""
     signer = c.Signer()
     tag = uuid.uuid4().hex[:8]
     load = Load(rate, duration)
@@ -111,7 +81,7 @@ async def generate(url: str, rate: float, duration: float, *, inflight: int = 51
                 sem.release()
 
         stop = asyncio.Event()
-        sampler = asyncio.create_task(_sample_backlog(probe, load, stop))
+        sampler = asyncio.create_task(sample_backlog(probe, load, stop))
         tasks: set[asyncio.Task] = set()
         t0, wall0 = time.perf_counter(), time.time()
         i, next_tick = 0, 1.0
@@ -335,6 +305,8 @@ def main() -> None:
     ap.add_argument("--no-steps", action="store_true")
     ap.add_argument("--no-sustained", action="store_true", help="the step-up only")
     ap.add_argument("--inflight", type=int, default=512)
+    ap.add_argument("--generator", default="raw", choices=["raw", "aiohttp"],
+                    help="raw: bench/loadgen.py (default); aiohttp: the earlier client, ~10x its CPU")
     ap.add_argument("--drain", type=float, default=120, help="max s to wait for the backlog to empty")
     ap.add_argument("--sync", default="full", choices=["full", "normal"])
     ap.add_argument("--concurrency", type=int, default=None, help="the flow's; default 16")
@@ -349,6 +321,7 @@ def main() -> None:
     ap.add_argument("--pythonpath", default=None,
                     help="experiment: PYTHONPATH for the bus, e.g. a dir with sniffio installed")
     args = ap.parse_args()
+    gen = generate if args.generator == "raw" else generate_aiohttp
     rabbit = args.transport == "rabbitmq"
     if not rabbit and args.serve is not None:
         ap.error("--serve needs --transport rabbitmq (embedded: --workers N runs "
@@ -377,7 +350,7 @@ def main() -> None:
                 start_rabbitmq(bus, cfg, args, env, tmp)
             else:
                 start_embedded(bus, cfg, args, env, tmp)
-            asyncio.run(generate(url, 100, 3))  # warm up; not counted
+            asyncio.run(gen(url, 100, 3))  # warm up; not counted
             drain(sink_port, 300, url)
             kinds = cpu_kinds(bus, sink)
             _, idle = metered(kinds, lambda: time.sleep(3))
@@ -388,13 +361,13 @@ def main() -> None:
                           *cpu_header(kinds), cpu_row("idle (3 s)", idle, 0)]
             if not args.no_steps:  # first: they stop at the first failing rate
                 lines += [f"Step-up, {args.step_duration:.0f} s per rate ({shape}); "
-                          f"concurrency={args.concurrency or 16}, switch interval "
+                          f"generator {args.generator}, concurrency={args.concurrency or 16}, switch interval "
                           f"{args.switch_interval or 0.001}, PYTHONPATH={args.pythonpath or '-'}; latency = sink arrival − scheduled send.\n",
                           *HEADER]
                 best = None
                 for rate in (float(x) for x in args.rates.split(",")):
                     load, cpu = metered(kinds, lambda r=rate: asyncio.run(
-                        generate(url, r, args.step_duration, inflight=args.inflight)))
+                        gen(url, r, args.step_duration, inflight=args.inflight)))
                     fig, why = verdict(load, drain(sink_port, load.accepted, url))
                     lines.append(row(fig, why))
                     cpu_lines.append(cpu_row(f"{rate:.0f}", cpu, load.accepted))
@@ -410,7 +383,7 @@ def main() -> None:
                 lines += [f"\nSustained: {args.rate:.0f} msg/s for {args.duration:.0f} s ({shape}).\n",
                           *HEADER]
                 load, cpu = metered(kinds, lambda: asyncio.run(
-                    generate(url, args.rate, args.duration, inflight=args.inflight)))
+                    gen(url, args.rate, args.duration, inflight=args.inflight)))
                 fig, why = verdict(load, drain(sink_port, load.accepted, url, timeout=args.drain))
                 lines.append(row(fig, why))
                 cpu_lines.append(cpu_row(f"{args.rate:.0f} sustained", cpu, load.accepted))
