@@ -190,9 +190,10 @@ class SharedQueues:
         return changed
 
     async def _dispatch(self) -> None:
-        """Keep each flow's handlers busy from what this process claimed, and claim again, a
-        flow's ``concurrency`` at a time, once no more than that is left in hand; otherwise
-        wait for a change to the file or a due time.
+        """Keep each flow's handlers busy from what this process claimed, and claim again (up to
+        twice the flow's ``concurrency`` in hand) once no more than half of it waits to start,
+        so the next claim is back before the handlers run dry; otherwise wait for a change to
+        the file or a due time.
 
         Claiming a batch ahead (a prefetch, as a broker's) spreads one claim's commit over many
         messages instead of one per finished message; what waits in hand is leased like the rest.
@@ -207,7 +208,8 @@ class SharedQueues:
             wanted = {
                 flow: 2 * concurrency - len(self._held[flow])
                 for flow, (_, concurrency) in self._consumers.items()
-                if len(self._held[flow]) <= concurrency and (due := self._due[flow]) is not None
+                if len(self._waiting[flow]) <= concurrency // 2 and len(self._held[flow]) < 2 * concurrency
+                and (due := self._due[flow]) is not None
                 and due <= now
             }
             if wanted:
@@ -223,6 +225,7 @@ class SharedQueues:
                         self._version = -1
                     self._held[flow].update(e.id for e in envelopes)
                     self._waiting[flow].extend(envelopes)
+                    self._start(flow)
                 continue
             self._wake.clear()
             timeout = self._poll
@@ -245,19 +248,24 @@ class SharedQueues:
         return await self._t.writer.write(work)
 
     def _start_waiting(self) -> None:
-        """Start handlers on claimed messages while their flows have free slots."""
-        for flow, waiting in self._waiting.items():
-            handler, concurrency = self._consumers[flow]
-            while waiting and self._busy[flow] < concurrency:
-                envelope = waiting.popleft()
-                self._busy[flow] += 1
-                self._t.start_delivery(handler, envelope, self._ended(flow, envelope.id))
+        for flow in self._waiting:
+            self._start(flow)
+
+    def _start(self, flow: str) -> None:
+        """Start handlers on ``flow``'s claimed messages while it has free slots."""
+        waiting = self._waiting[flow]
+        handler, concurrency = self._consumers[flow]
+        while waiting and self._busy[flow] < concurrency:
+            envelope = waiting.popleft()
+            self._busy[flow] += 1
+            self._t.start_delivery(handler, envelope, self._ended(flow, envelope.id))
 
     def _ended(self, flow: str, mid: str) -> Callable[[asyncio.Task], None]:
         def done(_task: asyncio.Task) -> None:
             self._busy[flow] -= 1
             self._held[flow].discard(mid)
-            self._wake.set()  # a slot is free
+            self._start(flow)  # at once, even while a claim is on its way
+            self._wake.set()  # maybe claim more
 
         return done
 
