@@ -84,9 +84,9 @@ def start_servers(tmp: Path, args: argparse.Namespace) -> dict[str, tuple[int, s
                        cwd=cfg.parent, log=tmp / "nodelivery.log")
         c.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
         servers["tieline-no-delivery"] = (port, proc)
-    for name in ("tieline-rabbit", "tieline-rabbit-x2"):
+    for name in ("tieline-rabbit", "tieline-rabbit-x2", "tieline-serve", "tieline-serve-x2"):
         if name in args.servers:
-            servers.update(start_rabbit_servers(tmp, name, f"http://127.0.0.1:{sink_port}", args))
+            servers.update(start_serve_servers(tmp, name, f"http://127.0.0.1:{sink_port}", args))
     port = c.free_port()
     bare = c.spawn([c.PY, "-m", "uvicorn", "bare_app:app", "--app-dir", str(c.BENCH), "--host",
                     "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
@@ -111,22 +111,24 @@ def start_servers(tmp: Path, args: argparse.Namespace) -> dict[str, tuple[int, s
     return servers
 
 
-def start_rabbit_servers(tmp: Path, name: str, sink_url: str,
-                         args: argparse.Namespace) -> dict[str, tuple[int, subprocess.Popen]]:
-    """``tieline serve`` on the RabbitMQ transport (ingress only: publish confirmed, 202), one
-    process or two sharing the port (SO_REUSEPORT); no worker, the queue just fills."""
+def start_serve_servers(tmp: Path, name: str, sink_url: str,
+                        args: argparse.Namespace) -> dict[str, tuple[int, subprocess.Popen]]:
+    """``tieline serve`` (ingress only: committed, 202) on RabbitMQ (``tieline-rabbit*``:
+    publish confirmed) or on a shared embedded file (``tieline-serve*``), one process or two
+    sharing the port (SO_REUSEPORT); no worker, the queue just fills."""
     count = 2 if name.endswith("-x2") else 1
     port = c.free_port()
-    prefix = f"bench-{name}-{uuid.uuid4().hex[:8]}"
     cfg = c.write_config(tmp / name, port, sink_url, sync=args.sync)
-    c.use_rabbitmq(cfg, prefix)
+    if name.startswith("tieline-rabbit"):
+        prefix = f"bench-{name}-{uuid.uuid4().hex[:8]}"
+        c.use_rabbitmq(cfg, prefix)
+        RABBIT_PREFIXES.append(prefix)
     procs = []
     for i in range(count):
         proc = c.spawn([c.TIELINE, "serve", str(cfg), "--port", str(port), "--log-level", "warning"],
                        cwd=cfg.parent, log=tmp / f"{name}-{i}.log")
         c.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
         procs.append(proc)
-    RABBIT_PREFIXES.append(prefix)
     out = {name: (port, procs[0])}
     for i, proc in enumerate(procs[1:], 2):
         out[f"{name}#{i}"] = (port, proc)  # stopped with the others; not measured on its own
@@ -202,7 +204,8 @@ def main() -> None:
                     help="comma-separated; tieline-no-delivery = the bus with its consumer off; "
                          "bare-durable = bare_app.py's durable floor (verify, SQLite commit); "
                          "tieline-rabbit / tieline-rabbit-x2 = `tieline serve` on RabbitMQ, "
-                         "1 or 2 processes on one port")
+                         "tieline-serve / tieline-serve-x2 = `tieline serve` on a shared embedded "
+                         "file, 1 or 2 processes on one port")
     ap.add_argument("--profile", action="store_true", help="py-spy instead of the comparison")
     ap.add_argument("--profile-target", default="tieline",
                     choices=["tieline", "tieline-no-delivery"])
@@ -282,9 +285,14 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace, backlog: dict,
                   zip(runs["tieline-rabbit"], runs["tieline-rabbit-x2"], strict=True)]
         out.append(f"- RabbitMQ transport, 2 `tieline serve` processes on one port / 1: median "
                    f"{c.median(ratios):.2f} (per round: {', '.join(f'{x:.2f}' for x in ratios)})")
-    out.append("- The embedded transport runs in 1 process (one SQLite file, one writer); "
-               "ingress scales out across processes on the RabbitMQ transport (tieline-rabbit*). "
-               "A tieline-rabbit* CPU figure is its first process only.")
+    if "tieline-serve" in runs and "tieline-serve-x2" in runs:
+        ratios = [b["ok_rps"] / a["ok_rps"] for a, b in
+                  zip(runs["tieline-serve"], runs["tieline-serve-x2"], strict=True)]
+        out.append(f"- Embedded transport, 2 `tieline serve` processes on one port and one file / 1: "
+                   f"median {c.median(ratios):.2f} (per round: {', '.join(f'{x:.2f}' for x in ratios)})")
+    out.append("- `tieline run` (tieline, tieline-no-delivery) is one process with the file to "
+               "itself; tieline-serve* and tieline-rabbit* are `tieline serve` processes without "
+               "a worker. A *-x2 CPU figure is its first process only.")
     return "\n".join(out)
 
 

@@ -24,7 +24,10 @@ def build_app(runtime: Runtime) -> Starlette:
     async def readyz(request: Request) -> JSON:
         if not runtime.ready:
             return error(503, "not_ready", "the bus is starting or stopping")
-        return JSON({"status": "ready", "backlog": await runtime.transport.backlog()})
+        body = {"status": "ready", "backlog": await runtime.transport.backlog()}
+        if runtime.supervisor is not None:  # `tieline run --workers`: which are running
+            body["workers"] = runtime.supervisor.describe()
+        return JSON(body)
 
     async def not_found(request: Request, exc: Exception) -> JSON:
         return error(404, "not_found", f"no route for {request.method} {request.url.path}")

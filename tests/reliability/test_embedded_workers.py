@@ -17,6 +17,8 @@ import os
 import time
 from pathlib import Path
 
+import httpx
+
 from .accounting import Load, account, ids
 from .conftest import Procs, flows_yaml, wait_healthy, write_config
 from .test_embedded_faults import until
@@ -49,6 +51,8 @@ async def test_workers_killed_under_load_are_replaced(tmp_path: Path, sink, proc
     server = procs.start("run", config, port, extra=("--workers", "2"))
     await wait_healthy(url, server)
     workers = await workers_of(server.pid, 2)
+    ready = httpx.get(url + "/readyz").json()["workers"]
+    assert sorted(w["pid"] for w in ready if w["running"]) == sorted(workers), ready
     load = Load(url, ids("workers", WORKER_MESSAGES))
     sending = asyncio.create_task(load.run())
     notes: list[str] = []

@@ -76,6 +76,21 @@ def test_settings(project, tmp_path):
     assert settings.data_dir.is_absolute()
 
 
+@pytest.mark.parametrize("value, expect", [("3", 3), ('"${WORKERS:-2}"', 2), ("-1", None)],
+                         ids=["number", "from-env-default", "negative"])
+def test_settings_workers(project, value, expect):
+    """settings.workers is a count >= 0 (from ${ENV} too); a negative one is an error at its line."""
+    text = FULL.replace("  sync: normal\n", f"  sync: normal\n  workers: {value}\n", 1)
+    files = {"flows.yaml": text, "mappings/call_to_ticket.yaml": MAPPING,
+             "schemas/ticket.json": TICKET_SCHEMA}
+    if expect is None:
+        with pytest.raises(ConfigError) as err:
+            load(project, files)
+        assert str(err.value) == "flows.yaml:8:12: settings.workers: -1 is too small (minimum 0)"
+    else:
+        assert load(project, files).settings.workers == expect
+
+
 def test_connectors(project):
     """Connector settings are interpolated (default used) and keep their location."""
     desk = load(project).connectors["desk"]
