@@ -83,7 +83,7 @@ async def generate_aiohttp(url: str, rate: float, duration: float, *, inflight: 
         stop = asyncio.Event()
         sampler = asyncio.create_task(sample_backlog(probe, load, stop))
         tasks: set[asyncio.Task] = set()
-        t0, wall0 = time.perf_counter(), time.time()
+        t0 = time.perf_counter()
         i, next_tick = 0, 1.0
         while (elapsed := time.perf_counter() - t0) < duration:
             due = int(elapsed * rate)
@@ -92,7 +92,8 @@ async def generate_aiohttp(url: str, rate: float, duration: float, *, inflight: 
                     load.skipped += 1
                 else:
                     await sem.acquire()
-                    task = asyncio.create_task(one(i, wall0 + i / rate))
+                    late = time.perf_counter() - (t0 + i / rate)  # wall clock read now: see loadgen
+                    task = asyncio.create_task(one(i, time.time() - late))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     load.sent += 1

@@ -135,7 +135,7 @@ async def generate(url: str, rate: float, duration: float, *, inflight: int = 51
     async with httpx.AsyncClient(base_url=url, timeout=5) as probe:
         stop = asyncio.Event()
         sampler = asyncio.create_task(sample_backlog(probe, load, stop))
-        t0, wall0 = time.perf_counter(), time.time()
+        t0 = time.perf_counter()
         i, next_tick = 0, 1.0
         while (elapsed := time.perf_counter() - t0) < duration:
             due = int(elapsed * rate)
@@ -143,7 +143,12 @@ async def generate(url: str, rate: float, duration: float, *, inflight: int = 51
                 if len(waiting) + len(started) >= inflight:
                     load.skipped += 1
                 else:
-                    waiting.append((request(i, wall0 + i / rate), t0 + i / rate))
+                    due_at = t0 + i / rate
+                    # The scheduled time on the wall clock, taken now: this VM's wall clock is
+                    # slewed and stepped against the monotonic one (seconds in an hour), so
+                    # ``wall0 + i / rate`` drifted away from the sink's clock during a run.
+                    waiting.append((request(i, time.time() - (time.perf_counter() - due_at)),
+                                    due_at))
                     load.sent += 1
                     if idle:
                         dispatch(idle.pop())
