@@ -41,6 +41,16 @@ async def workers_of(server_pid: int, count: int, timeout: float = 30) -> set[in
     return children(server_pid)
 
 
+async def settle(run: str, url: str, state, load: Load, started: float, notes: list[str],  # noqa: ANN001
+                 expected: int) -> None:
+    """Account for every message once the bus settled: none lost, none twice, all acknowledged."""
+    tally = await account(run, url, state, load, settle=60, started=started, notes=notes)
+    tally.report()
+    assert tally.lost == 0, tally.text()
+    assert tally.duplicates == 0, tally.text()
+    assert tally.acknowledged == tally.sent == expected, tally.text()
+
+
 async def test_workers_killed_under_load_are_replaced(tmp_path: Path, sink, procs: Procs,
                                                       port: int) -> None:
     """Workers SIGKILLed twice and the server once during 3,000 webhooks: none lost, none twice."""
@@ -78,12 +88,7 @@ async def test_workers_killed_under_load_are_replaced(tmp_path: Path, sink, proc
         await asyncio.wait_for(sending, 120)
     finally:
         sending.cancel()
-    tally = await account("embedded-workers-killed", url, state, load, settle=60,
-                          started=started, notes=notes)
-    tally.report()
-    assert tally.lost == 0, tally.text()
-    assert tally.duplicates == 0, tally.text()
-    assert tally.acknowledged == tally.sent == WORKER_MESSAGES, tally.text()
+    await settle("embedded-workers-killed", url, state, load, started, notes, WORKER_MESSAGES)
 
 
 async def test_two_servers_and_a_worker_share_one_file(tmp_path: Path, sink, procs: Procs,
@@ -110,9 +115,5 @@ async def test_two_servers_and_a_worker_share_one_file(tmp_path: Path, sink, pro
         await asyncio.wait_for(sending, 120)
     finally:
         sending.cancel()
-    tally = await account("embedded-two-servers-one-worker", url, state, load, settle=60,
-                          started=started, notes=notes)
-    tally.report()
-    assert tally.lost == 0, tally.text()
-    assert tally.duplicates == 0, tally.text()
-    assert tally.acknowledged == tally.sent == SCALEOUT_MESSAGES, tally.text()
+    await settle("embedded-two-servers-one-worker", url, state, load, started, notes,
+                 SCALEOUT_MESSAGES)
