@@ -30,14 +30,32 @@ def open_connection(path: Path, connect: Connect | None, sync: Sync) -> sqlite3.
     """A connection in WAL mode with our pragmas; ``connect`` lets tests hand in their own."""
     conn = connect(path) if connect else sqlite3.connect(path)
     conn.isolation_level = None  # we issue BEGIN / COMMIT ourselves
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={sync.upper()}")
     conn.execute("PRAGMA busy_timeout=5000")
+    _switch_to_wal(conn)
+    conn.execute(f"PRAGMA synchronous={sync.upper()}")
     # Checkpoint every ~800 KiB (not SQLite's 4 MiB) and keep the WAL file under 1 MiB after:
     # on a small data volume a large WAL would take all the space the database needs.
     conn.execute("PRAGMA wal_autocheckpoint=200")
     conn.execute("PRAGMA journal_size_limit=1048576")
     return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, tried again while another process makes the same switch.
+
+    On a new file the switch takes an exclusive lock and a second process asking at that
+    moment gets "database is locked" at once: the busy timeout does not apply to it (seen
+    with four processes starting together on one file).
+    """
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
 
 
 class Job(Protocol):

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -296,3 +297,30 @@ async def test_a_publish_rings_the_consumers_doorbell(tmp_path: Path) -> None:
         await producer.close()
     left = sqlite3.connect(db).execute("SELECT count(*) FROM doorbells").fetchone()[0]
     assert left == 0  # each took its own bell down on close
+
+
+OPEN_AT = """
+import asyncio, sys, time
+from pathlib import Path
+from bus.transport.sqlite import SqliteTransport
+async def main():
+    transport = SqliteTransport(Path(sys.argv[1]), shared=True)
+    while time.time() < float(sys.argv[2]):
+        pass
+    await transport.start()
+    await transport.close()
+asyncio.run(main())
+"""
+
+
+async def test_processes_starting_together_on_a_new_file_all_open_it(tmp_path: Path) -> None:
+    """Four processes opening one new file at the same instant all start (none is refused
+    while another switches the file to WAL)."""
+    for attempt in range(5):
+        db = tmp_path / f"new{attempt}.sqlite3"
+        at = time.time() + 1.0
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, str(db), str(at)],
+                                  stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                 for _ in range(4)]
+        errors = [p.communicate(timeout=30)[1].decode()[-500:] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, errors
