@@ -373,15 +373,15 @@ def run(
     """
     if role != "run" and workers:
         raise TielineError(f"--workers is for 'tieline run'; 'tieline {role}' is one process")
-    shared = True if role != "run" else None  # None: from settings.workers
-    runtime = Runtime.from_file(path, workers=workers, **({"shared": shared} if shared else {}))
+    # serve and worker share the embedded file; run shares it when it has workers (from_file)
+    runtime = Runtime.from_file(path, workers=workers, **({"shared": True} if role != "run" else {}))
     count = runtime.config.settings.workers if role == "run" else 0
     if count:
         from bus.supervisor import Supervisor, worker_argv
 
         release = getattr(runtime.transport, "release", None)  # embedded: free a dead worker's leases
         runtime.supervisor = supervisor = Supervisor(
-            worker_argv(str(path), log_level=log_level, watch=False), count, on_exit=release
+            worker_argv(str(path), log_level=log_level), count, on_exit=release
         )
         # A reload (API, SIGHUP, --watch) of the server reaches every worker: they reload the
         # same files on their SIGHUP.

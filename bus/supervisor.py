@@ -132,11 +132,11 @@ class Supervisor:
                 await asyncio.wait(pending, timeout=5.0)
 
 
-def worker_argv(config_path: str, *, log_level: str, watch: bool) -> list[str]:
-    """The command line of one worker of this bus: the same interpreter, the same flows.yaml."""
-    argv = [sys.executable, "-m", "cli", "worker", os.path.abspath(config_path),
+def worker_argv(config_path: str, *, log_level: str) -> list[str]:
+    """The command line of one worker of this bus: the same interpreter, the same flows.yaml.
+    No ``--watch``: the server's reloads reach the workers as SIGHUP (``forward``)."""
+    return [sys.executable, "-m", "cli", "worker", os.path.abspath(config_path),
             "--log-level", log_level]
-    return argv + ["--watch"] if watch else argv
 
 
 async def watch_parent(stop: asyncio.Event, interval: float = 1.0) -> None:

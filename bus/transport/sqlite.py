@@ -39,6 +39,7 @@ from bus.transport.entries import received_entry
 from bus.transport.sqlite_delivery import SqliteDelivery
 from bus.transport.sqlite_local import LocalQueues
 from bus.transport.sqlite_lock import FileLock
+from bus.transport.sqlite_schema import create_schema
 from bus.transport.sqlite_shared import DEFAULT_LEASE, SharedQueues
 from bus.transport.sqlite_writer import Connect, GroupCommitWriter, Reader, Sync
 
@@ -67,7 +68,7 @@ class SqliteTransport(Transport):
         retention: float = 7 * 86400,
         sync: Sync = "full",
         clock: Callable[[], float] = time.time,
-        poll_interval: float | None = None,
+        poll_interval: float = 0.05,
         connect: Connect | None = None,
         shared: bool = False,
         lease: float = DEFAULT_LEASE,
@@ -87,8 +88,8 @@ class SqliteTransport(Transport):
         # Alone, a timer wakes its queue itself, so the poll only bounds a jumping clock; shared,
         # it bounds how late another process's commit is seen when its doorbell ring is lost.
         self.queues: LocalQueues | SharedQueues = (
-            SharedQueues(self, clock, 0.05 if poll_interval is None else poll_interval, lease)
-            if shared else LocalQueues(self, clock, 0.05 if poll_interval is None else poll_interval)
+            SharedQueues(self, clock, poll_interval, lease) if shared
+            else LocalQueues(self, clock, poll_interval)
         )
         self._lock = FileLock(self.path, shared=shared)
         self._consumed: set[str] = set()
@@ -108,7 +109,7 @@ class SqliteTransport(Transport):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
         try:
-            await self.writer.start(store.create_schema)
+            await self.writer.start(create_schema)
             await self.reader.start()
             await self.queues.start()
         except BaseException:

@@ -199,7 +199,6 @@ class SharedQueues:
         messages instead of one per finished message; what waits in hand is leased like the rest.
         """
         while True:
-            self._start_waiting()
             if self._changed():
                 conn = self._watch_conn()
                 for flow in self._consumers:
@@ -246,10 +245,6 @@ class SharedQueues:
             return {f: claims.claim(conn, f, owner, now, until, n) for f, n in wanted.items()}
 
         return await self._t.writer.write(work)
-
-    def _start_waiting(self) -> None:
-        for flow in self._waiting:
-            self._start(flow)
 
     def _start(self, flow: str) -> None:
         """Start handlers on ``flow``'s claimed messages while it has free slots."""

@@ -31,31 +31,13 @@ def open_connection(path: Path, connect: Connect | None, sync: Sync) -> sqlite3.
     conn = connect(path) if connect else sqlite3.connect(path)
     conn.isolation_level = None  # we issue BEGIN / COMMIT ourselves
     conn.execute("PRAGMA busy_timeout=5000")
-    _switch_to_wal(conn)
+    _while_locked(conn, "PRAGMA journal_mode=WAL", 0.01, 0.01)
     conn.execute(f"PRAGMA synchronous={sync.upper()}")
     # Checkpoint every ~800 KiB (not SQLite's 4 MiB) and keep the WAL file under 1 MiB after:
     # on a small data volume a large WAL would take all the space the database needs.
     conn.execute("PRAGMA wal_autocheckpoint=200")
     conn.execute("PRAGMA journal_size_limit=1048576")
     return conn
-
-
-def _switch_to_wal(conn: sqlite3.Connection) -> None:
-    """``PRAGMA journal_mode=WAL``, tried again while another process makes the same switch.
-
-    On a new file the switch takes an exclusive lock and a second process asking at that
-    moment gets "database is locked" at once: the busy timeout does not apply to it (seen
-    with four processes starting together on one file).
-    """
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-        time.sleep(0.01)
 
 
 class Job(Protocol):
@@ -346,32 +328,35 @@ class Reader:
         self._thread.shutdown(wait=True)
 
 
-LOCK_WAIT = 5.0  # seconds a write waits for another process's write lock before it fails
+LOCK_WAIT = 5.0  # seconds a statement waits for another process's lock before it fails
+
+
+def _while_locked(conn: sqlite3.Connection, statement: str, pause: float, longest: float) -> None:
+    """Run ``statement``, trying again while another process holds the lock it needs: from
+    ``pause`` seconds apart, growing by half each time up to ``longest``, for LOCK_WAIT at most.
+
+    Two statements need it. ``BEGIN IMMEDIATE``: SQLite's own busy handler sleeps 1, 2, 5,
+    10, 15… ms between tries, and with several processes on one file committing hundreds of
+    times a second those sleeps were most of a claim's latency (bench/RESULTS.md, session 4),
+    so the writer turns it off and waits here in 0.1–1 ms steps (in WAL mode only taking the
+    write lock waits: readers never block, a COMMIT holds what it needs). And the switch to
+    WAL of a new file: it takes an exclusive lock, and a second process asking at that moment
+    gets "database is locked" at once, busy timeout or not (four processes starting together).
+    """
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            conn.execute(statement)
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 1.5, longest)
 
 
 def _begin(conn: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE, waiting for another process's write lock in steps of 0.1 to 1 ms.
-
-    SQLite's own busy handler sleeps 1, 2, 5, 10, 15… ms between tries: with several processes
-    on one file committing hundreds of times a second, those sleeps were most of a claim's
-    latency (measured: bench/RESULTS.md). Only taking the write lock can wait in WAL mode
-    (readers never block, the writer's COMMIT holds what it needs), so only BEGIN retries.
-    """
-    pause, deadline = 0.0001, None
-    while True:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + LOCK_WAIT
-            elif now >= deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 1.5, 0.001)
+    _while_locked(conn, "BEGIN IMMEDIATE", 0.0001, 0.001)
 
 
 def _is_full(exc: object) -> bool:
