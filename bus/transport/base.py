@@ -44,7 +44,8 @@ class LedgerEntry:
     """One line in a message's history.
 
     ``kind``: received | step | retry_scheduled | delivered | filtered | dead | replayed |
-    purged | duplicate. ``outcome`` for steps: ok | retry | fail | skipped.
+    purged | duplicate | republished (RabbitMQ: queued again after its publisher died before
+    the broker's confirm). ``outcome`` for steps: ok | retry | fail | skipped.
     """
 
     message_id: str

@@ -7,8 +7,10 @@ message records and checkpoints, the dead-letter index and inbound dedupe keys
 
 ``publish`` order: (1) one atomic Redis call claims the dedupe key and, only if that wins, writes
 the records and 'received' lines (a consumer always finds its record); (2) the confirmed publish;
-(3) return (the ingress answers 202). If (2) fails, (1) is undone and the caller gets
-TransportError (503). Concurrent publishes share Redis pipelines and broker writes.
+(3) return (the ingress answers 202), the confirm marked in Redis on the way. If (2) fails, (1)
+is undone and the caller gets TransportError (503). A process that dies between (1) and (2)
+leaves a record the broker never got: ``rabbitmq_stranded`` republishes it. Concurrent publishes
+share Redis pipelines and broker writes.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from bus.transport.rabbitmq_consumer import deliver
 from bus.transport.rabbitmq_delivery import flush, out
 from bus.transport.rabbitmq_ledger import RedisLedger, delete_prefix
 from bus.transport.rabbitmq_publisher import OUTAGE, Publisher
+from bus.transport.rabbitmq_stranded import check_first_copy, sweep_forever
 
 log = structlog.get_logger()
 
@@ -76,6 +79,8 @@ class RabbitTransport(Transport):
         self._quorum = quorum
         self._ledger_ttl = ledger_ttl or max(dedupe_window, 86400)
         self._publish_timeout = publish_timeout
+        # an unconfirmed publish older than this was stranded: a live one gives up sooner
+        self.stale_after = 2 * publish_timeout + 1.0
         self._reconnect_interval = reconnect_interval
         self._consumers: dict[str, tuple[Handler, int]] = {}
         self._consuming: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
@@ -127,6 +132,7 @@ class RabbitTransport(Transport):
         self._state = "running"
         for flow in self._consumers:
             self._spawn(self._start_consumer(flow))
+        self._spawn(sweep_forever(self, every=max(self._publish_timeout / 2, 0.1)))
 
     async def close(self, timeout: float = 10.0) -> None:
         if self._state != "running":
@@ -222,6 +228,7 @@ class RabbitTransport(Transport):
         )
         if held is not None:
             first = orjson.loads(held)
+            await check_first_copy(self, dedupe_key or "", first)
             detail = {"dedupe_key": dedupe_key, "rejected": ids}
             await self.ledger.log(
                 [LedgerEntry(first[0] if first else "", "duplicate", now, detail=detail)]
@@ -241,6 +248,7 @@ class RabbitTransport(Transport):
             raise TransportError(
                 f"rabbitmq transport: publish failed: {exc!r}; retry later"
             ) from exc
+        self.ledger.confirmed(ids)
         if now - self._pruned_at >= PRUNE_EVERY:
             self._pruned_at = now
             self._spawn(self.ledger.prune(now - self._ledger_ttl))

@@ -9,6 +9,8 @@ Keys (``p`` = prefix), each message's keys expire ``ttl`` seconds after its last
                         sorted sets of ids by first receipt, for search (pruned past ttl)
     p:dlq:all / p:dlq:flow:{flow}
                         sorted sets of dead-letter ids by dead_at
+    p:unconfirmed       sorted set of ids received at ingress whose broker confirm has not been
+                        recorded yet, by receipt (``rabbitmq_stranded`` republishes old ones)
 
 Each write is one atomic Lua call (``redis_batch.Tx``), so a reader never sees a state without
 its ledger lines; the writes and record reads of concurrent deliveries share pipelines
@@ -17,17 +19,30 @@ its ledger lines; the writes and record reads of concurrent deliveries share pip
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
+import structlog
 from redis.asyncio import Redis
 
 from bus.envelope import Envelope
 from bus.transport.base import DeadLetter, LedgerEntry, MessageRecord, MessageState
 from bus.transport.redis_batch import RedisBatch, Tx
 
+log = structlog.get_logger()
+
 _STATES = [s.value for s in MessageState]
+
+# ARGV: key, cutoff, now, limit. Up to ``limit`` ids unconfirmed since before ``cutoff``, each
+# re-scored ``now``: the caller holds them for one more stale period (a sweeper that dies before
+# it is done leaves them to the next one, never to nobody).
+TAKE_STRANDED = """
+local ids = redis.call('ZRANGEBYSCORE', ARGV[1], '-inf', ARGV[2], 'LIMIT', 0, ARGV[4])
+for _, id in ipairs(ids) do redis.call('ZADD', ARGV[1], ARGV[3], id) end
+return ids
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +85,11 @@ def _entry(raw: bytes) -> LedgerEntry:
         error=d["error"],
         detail=d["detail"],
     )
+
+
+def _log_failure(fut: asyncio.Future[object]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("transport.confirm_mark_failed", error=repr(fut.exception()))
 
 
 async def delete_prefix(redis_url: str, prefix: str) -> None:
@@ -150,12 +170,15 @@ class RedisLedger:
         bodies: Sequence[bytes] | None = None,
         claim: tuple[str, bytes, int] | None = None,
     ) -> bytes | None:
-        """New queued messages (envelope, available_at) with their 'received' lines; ``bodies``
-        are the envelopes' JSON when the caller has it already. With ``claim`` (a dedupe key's
-        ``SET NX PX`` arguments) they are written only if the claim is won, in the same atomic
-        call; returns the value holding the key when it is not won, else None."""
+        """New queued messages (envelope, available_at) with their 'received' lines, marked
+        unconfirmed until :meth:`confirmed`; ``bodies`` are the envelopes' JSON when the caller
+        has it already. With ``claim`` (a dedupe key's ``SET NX PX`` arguments) they are written
+        only if the claim is won, in the same atomic call; returns the value holding the key
+        when it is not won, else None."""
         tx = Tx()
         self._received(tx, items, now, bodies)
+        for env, _ in items:
+            tx.add("ZADD", self._k("unconfirmed"), now, env.id)
         self._log(tx, entries)
         if claim is None:
             await self.batch.apply(tx)
@@ -168,7 +191,27 @@ class RedisLedger:
         for mid in ids:
             tx.add("DEL", self._k("msg", mid), self._k("ledger", mid))
             tx.add("ZREM", self._k("idx", "all"), mid)
+            tx.add("ZREM", self._k("unconfirmed"), mid)
         await self.batch.apply(tx)
+
+    def confirmed(self, ids: Sequence[str]) -> asyncio.Future[object]:
+        """The broker confirmed these ids: take them off ``unconfirmed``. Queued in the shared
+        pipeline and not waited for, so the 202 does not wait for it; a mark lost to a crash
+        only makes a sweeper republish a copy, which consumers drop by its generation."""
+        fut = self.batch.call("ZREM", self._k("unconfirmed"), *ids)
+        fut.add_done_callback(_log_failure)
+        return fut
+
+    async def unconfirmed(self, ids: Sequence[str]) -> list[float | None]:
+        """When each id was received, for those whose broker confirm is not recorded yet."""
+        scores = await self.batch.call("ZMSCORE", self._k("unconfirmed"), *ids)
+        return [None if s is None else float(s) for s in scores]
+
+    async def take_stranded(self, cutoff: float, now: float, limit: int) -> list[str]:
+        """Ids unconfirmed since before ``cutoff`` (their publisher died), held until ``now``
+        plus one stale period for this caller (``TAKE_STRANDED``)."""
+        ids = await self.batch.script(TAKE_STRANDED, self._k("unconfirmed"), cutoff, now, limit)
+        return [i.decode() for i in ids]
 
     async def update(
         self,

@@ -384,3 +384,75 @@ async def test_backlog_counts_what_is_queued_now(make: Make) -> None:
     assert await transport.backlog("count") == 1
     await transport.publish([Envelope.new("count", {}), Envelope.new("count", {})])
     assert (await transport.backlog("count"), await transport.backlog()) == (3, 3)
+
+
+async def _strand(transport: RabbitTransport, env: Envelope, dedupe_key: str) -> None:
+    """What a SIGKILL between the Redis write and the broker's confirm leaves: the record and
+    the dedupe key in Redis, nothing in the broker, no undo."""
+    real = transport.publisher.send_many
+
+    async def never(*_: Any, **__: Any) -> None:
+        await asyncio.Event().wait()
+
+    transport.publisher.send_many = never  # type: ignore[method-assign]
+    publishing = asyncio.create_task(transport.publish([env], dedupe_key=dedupe_key))
+    while await transport.message(env.id) is None:
+        await asyncio.sleep(0.01)
+    publishing.cancel()
+    await asyncio.gather(publishing, return_exceptions=True)
+    transport.publisher.send_many = real  # type: ignore[method-assign]
+
+
+async def test_publish_stranded_before_its_confirm_is_republished(make: Make) -> None:
+    """A repeat of a publish whose first copy is recorded but unconfirmed is refused (503) while
+    that copy may still be on its way; once stale, the first copy is republished from its record,
+    runs once, and repeats are duplicates of it."""
+    transport = await make(flows=["stranded"], publish_timeout=0.5)
+    first = Envelope.new("stranded", {"n": 1})
+    await _strand(transport, first, "vendor:evt-s")
+    assert await transport.backlog("stranded") == 0  # the broker never got it
+    with pytest.raises(TransportError, match="still being published"):
+        await transport.publish([Envelope.new("stranded", {"n": 1})], dedupe_key="vendor:evt-s")
+    rec = Recorder(complete)
+    transport.consume("stranded", rec)
+    assert (await rec.next()).id == first.id
+    repeat = await transport.publish([Envelope.new("stranded", {"n": 1})], dedupe_key="vendor:evt-s")
+    assert (repeat.accepted, repeat.duplicate_of) == ([], [first.id])
+    kinds = [e.kind for e in await transport.history(first.id)]
+    assert kinds == ["received", "republished", "delivered", "duplicate"], kinds
+    assert (await transport.message(first.id)).state is MessageState.DELIVERED  # type: ignore[union-attr]
+    await asyncio.sleep(transport.stale_after + 0.5)  # no second copy comes later
+    assert rec.seen.empty() and await transport.ledger.unconfirmed([first.id]) == [None]
+
+
+async def test_stale_repeat_republishes_a_stranded_first_copy(make: Make) -> None:
+    """A repeat that finds its first copy stranded past the stale time republishes it itself and
+    is answered duplicate: no sweeper round is needed (here none runs: its period is 10 s)."""
+    transport = await make(flows=["stranded"], publish_timeout=20.0)
+    first = Envelope.new("stranded", {"n": 1})
+    await _strand(transport, first, "vendor:evt-t")
+    transport.clock = lambda: time.time() + transport.stale_after  # type: ignore[method-assign]
+    repeat = await transport.publish([Envelope.new("stranded", {"n": 2})], dedupe_key="vendor:evt-t")
+    assert repeat.duplicate_of == [first.id]
+    assert await transport.backlog("stranded") == 1
+
+
+async def test_confirmed_publishes_are_never_republished(make: Make) -> None:
+    """The sweeper leaves confirmed publishes alone, and a stale mark on a message that already
+    ran (the confirm's mark lost to a crash) is cleared without queueing a copy."""
+    transport = await make(flows=["swept"], publish_timeout=0.5)
+    rec = Recorder(complete)
+    transport.consume("swept", rec)
+    env = Envelope.new("swept", {"n": 1})
+    await transport.publish([env], dedupe_key="vendor:evt-u")
+    assert (await rec.next()).id == env.id
+    assert await transport.ledger.unconfirmed([env.id]) == [None]
+    redis = Redis.from_url(REDIS_URL)
+    try:  # the mark a crash between the confirm and its ZREM leaves
+        await redis.zadd(f"{transport.names.prefix}:unconfirmed", {env.id: time.time() - 60})
+    finally:
+        await redis.aclose()
+    await asyncio.sleep(transport.stale_after)
+    assert await transport.ledger.unconfirmed([env.id]) == [None]
+    assert rec.seen.empty() and await transport.backlog("swept") == 0
+    assert "republished" not in [e.kind for e in await transport.history(env.id)]
