@@ -152,6 +152,9 @@ class RabbitTransport(Transport):
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self.connection.close()
+        marks = self.ledger.flush_confirmed()
+        if marks is not None:  # out before the batch closes (failures are logged)
+            await asyncio.wait([marks], timeout=2.0)
         await self.ledger.batch.aclose()
         await self.redis.aclose()
         self._state = "closed"

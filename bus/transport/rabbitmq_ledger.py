@@ -35,6 +35,8 @@ log = structlog.get_logger()
 
 _STATES = [s.value for s in MessageState]
 
+CONFIRM_FLUSH = 0.05  # seconds confirm marks gather before their one ZREM
+
 # ARGV: key, cutoff, now, limit. Up to ``limit`` ids unconfirmed since before ``cutoff``, each
 # re-scored ``now``: the caller holds them for one more stale period (a sweeper that dies before
 # it is done leaves them to the next one, never to nobody).
@@ -109,6 +111,8 @@ class RedisLedger:
         self.batch = RedisBatch(redis)
         self.p = prefix
         self.ttl = int(ttl)
+        self._confirmed: list[str] = []
+        self._confirm_timer: asyncio.TimerHandle | None = None
         # per state: its index key, and the other states' (a message sits in exactly one)
         self._state_idx = {
             s: (self._k("idx", "state", s), [self._k("idx", "state", o) for o in _STATES if o != s])
@@ -194,16 +198,32 @@ class RedisLedger:
             tx.add("ZREM", self._k("unconfirmed"), mid)
         await self.batch.apply(tx)
 
-    def confirmed(self, ids: Sequence[str]) -> asyncio.Future[object]:
-        """The broker confirmed these ids: take them off ``unconfirmed``. Queued in the shared
-        pipeline and not waited for, so the 202 does not wait for it; a mark lost to a crash
-        only makes a sweeper republish a copy, which consumers drop by its generation."""
+    def confirmed(self, ids: Sequence[str]) -> None:
+        """The broker confirmed these ids: take them off ``unconfirmed``, within CONFIRM_FLUSH.
+
+        Not waited for, and one ZREM for all the confirms of that time: an extra pipeline per
+        publish cost ~12 % of ingress CPU. A mark lost to a crash only makes a sweeper
+        republish a copy, which consumers drop by its generation."""
+        self._confirmed.extend(ids)
+        if self._confirm_timer is None:
+            loop = asyncio.get_running_loop()
+            self._confirm_timer = loop.call_later(CONFIRM_FLUSH, self.flush_confirmed)
+
+    def flush_confirmed(self) -> asyncio.Future[object] | None:
+        """Send the pending confirm marks now (in the next pipeline, in order); their reply."""
+        if self._confirm_timer is not None:
+            self._confirm_timer.cancel()
+            self._confirm_timer = None
+        if not self._confirmed:
+            return None
+        ids, self._confirmed = self._confirmed, []
         fut = self.batch.call("ZREM", self._k("unconfirmed"), *ids)
         fut.add_done_callback(_log_failure)
         return fut
 
     async def unconfirmed(self, ids: Sequence[str]) -> list[float | None]:
         """When each id was received, for those whose broker confirm is not recorded yet."""
+        self.flush_confirmed()
         scores = await self.batch.call("ZMSCORE", self._k("unconfirmed"), *ids)
         return [None if s is None else float(s) for s in scores]
 

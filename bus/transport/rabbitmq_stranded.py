@@ -77,7 +77,7 @@ async def republish(t: RabbitTransport, mid: str) -> None:
         await t.publisher.send(envelope, gen=0, due=at if at > stored.created_at else 0.0)
         log.warning("transport.republished_stranded", message_id=mid, flow=envelope.flow)
     # else it ran (gen > 0), or was forgotten or expired: it was in the broker, or is gone
-    await t.ledger.confirmed([mid])
+    t.ledger.confirmed([mid])
 
 
 async def sweep_forever(t: RabbitTransport, every: float) -> None:
