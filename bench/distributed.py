@@ -78,10 +78,23 @@ async def counts(channel: aio_pika.abc.AbstractChannel, *queues: str) -> list[in
     return out
 
 
-async def clock(in_q: str, out_q: str, n: int, procs: list, timeout: float) -> tuple[float, float]:
-    """(seconds from spawn to first consumption, seconds from then to N outputs)."""
+Run = tuple[float, float, tuple[float, float, float]]
+
+
+def cpu_now(procs: list) -> tuple[float, float, float]:
+    """CPU seconds used so far by (the consumer processes, the broker, Redis)."""
+    def total(pids: list[int]) -> float:
+        return sum(common.cpu_seconds(p) for p in pids)
+    return (total([p.pid for p in procs]), total(common.pids_named("beam.smp")),
+            total(common.pids_named("redis-server")))
+
+
+async def clock(in_q: str, out_q: str, n: int, procs: list, timeout: float) -> Run:
+    """(seconds from spawn to first consumption, seconds from then to N outputs, CPU seconds
+    (consumers, broker, Redis) used in between)."""
     spawned = time.perf_counter()
     started = None
+    cpu_at_start = (0.0, 0.0, 0.0)
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
@@ -89,13 +102,14 @@ async def clock(in_q: str, out_q: str, n: int, procs: list, timeout: float) -> t
             left, done = await counts(channel, in_q, out_q)
             now = time.perf_counter()
             if started is None and (left < n or done > 0):
-                started = now
+                started, cpu_at_start = now, cpu_now(procs)
             if done >= n:
                 out = await (await channel.declare_queue(out_q, passive=True)).get(no_ack=False)
                 await out.nack(requeue=True)  # a look: the mapped body must be in the output
                 if b'"escalate"' not in out.body:
                     raise RuntimeError(f"{out_q}: unexpected output {out.body[:200]!r}")
-                return started - spawned, now - started
+                used = tuple(b - a for a, b in zip(cpu_at_start, cpu_now(procs), strict=True))
+                return started - spawned, now - started, used  # type: ignore[return-value]
             dead = [p.args for p in procs if p.poll() is not None]
             if dead:
                 raise RuntimeError(f"consumer exited early: {dead} (see its log in /tmp)")
@@ -103,7 +117,7 @@ async def clock(in_q: str, out_q: str, n: int, procs: list, timeout: float) -> t
     raise TimeoutError(f"{out_q}: {done}/{n} messages after {timeout}s")
 
 
-async def tieline_run(n: int, workers: int, timeout: float, tmp: Path) -> tuple[float, float]:
+async def tieline_run(n: int, workers: int, timeout: float, tmp: Path) -> Run:
     prefix = f"bench-dist-{new_id().lower()}"
     config = tmp / f"{prefix}.yaml"
     config.write_text(CONFIG.format(amqp=AMQP_URL, redis=REDIS_URL, prefix=prefix,
@@ -130,7 +144,7 @@ async def tieline_run(n: int, workers: int, timeout: float, tmp: Path) -> tuple[
         await transport.drop()
 
 
-async def peer_run(kind: str, n: int, timeout: float, tmp: Path) -> tuple[float, float]:
+async def peer_run(kind: str, n: int, timeout: float, tmp: Path) -> Run:
     name = f"bench-peer-{new_id().lower()}"
     in_q, out_q = f"{name}.in", f"{name}.out"
     proc = None
@@ -160,14 +174,17 @@ async def peer_run(kind: str, n: int, timeout: float, tmp: Path) -> tuple[float,
                 await channel.queue_delete(q)
 
 
-def table(results: dict[str, list[tuple[float, float]]], n: int) -> tuple[str, dict[str, float]]:
-    rows = ["| consumer | median msg/s | runs msg/s | median start s |", "| --- | --- | --- | --- |"]
+def table(results: dict[str, list[Run]], n: int) -> tuple[str, dict[str, float]]:
+    rows = ["| consumer | median msg/s | runs msg/s | median start s | CPU µs/msg: consumers "
+            "| broker | Redis |", "| --- | --- | --- | --- | --- | --- | --- |"]
     med = {}
     for label, runs in results.items():
-        rates = [n / secs for _, secs in runs]
+        rates = [n / secs for _, secs, _ in runs]
         med[label] = common.median(rates)
+        cpu = [common.median([used[i] for _, _, used in runs]) / n * 1e6 for i in range(3)]
         rows.append(f"| {label} | {med[label]:.0f} | {', '.join(f'{r:.0f}' for r in rates)} | "
-                    f"{common.median([s for s, _ in runs]):.2f} |")
+                    f"{common.median([s for s, _, _ in runs]):.2f} | "
+                    + " | ".join(f"{c:.0f}" for c in cpu) + " |")
     return "\n".join(rows), med
 
 
@@ -181,7 +198,7 @@ async def main() -> None:
     args = parser.parse_args()
     ks = [int(k) for k in args.workers.split(",")]
     labels = [f"tieline x{k}" for k in ks] + ["handwritten", "faststream"]
-    results: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
+    results: dict[str, list[Run]] = {label: [] for label in labels}
     with tempfile.TemporaryDirectory(prefix="tieline-dist-") as d:
         tmp = Path(d)
         for r in range(args.rounds):
@@ -205,7 +222,9 @@ async def main() -> None:
             lines.append(f"- tieline {k} workers / 1 worker: {med[f'tieline x{k}'] / med['tieline x1']:.2f}")
     body = (f"{args.n} messages pre-loaded per run, {args.rounds} rounds alternated; prefetch 16 "
             "everywhere (tieline: the flow's default concurrency 16); msg/s = N / (first "
-            "consumption → N in the output queue), polled every 20 ms.\n\n" + "\n".join(lines))
+            "consumption → N in the output queue), polled every 20 ms; CPU per message over the "
+            "same span from /proc (consumers' processes, beam.smp, redis-server).\n\n"
+            + "\n".join(lines))
     print(body)
     if not args.no_results:
         common.append_results("Distributed mode: consume → map → confirmed publish → ack (RabbitMQ)",

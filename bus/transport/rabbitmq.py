@@ -114,6 +114,7 @@ class RabbitTransport(Transport):
                 f"({self.redis_url}): {exc}; start them or fix the URLs"
             ) from exc
         self.ledger = RedisLedger(self.redis, self.names.prefix, self._ledger_ttl)
+        await self.ledger.load_scripts()
         self.dedupe = RedisDedupeStore(self.redis, self.names.prefix)
         self._channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True

@@ -35,6 +35,16 @@ log = structlog.get_logger()
 
 _STATES = [s.value for s in MessageState]
 
+# ARGV: key, gen. Generation ``gen``'s outbox is published: mark it sent, unless a later ending
+# (another worker ran the retry copy already) has recorded a newer generation and its outbox.
+MARK_SENT = """
+if redis.call('HGET', ARGV[1], 'gen') == ARGV[2] then
+  redis.call('HSET', ARGV[1], 'sent', ARGV[2])
+  redis.call('HDEL', ARGV[1], 'outbox')
+end
+return 1
+"""
+
 CONFIRM_FLUSH = 0.05  # seconds confirm marks gather before their one ZREM
 
 # ARGV: key, cutoff, now, limit. Up to ``limit`` ids unconfirmed since before ``cutoff``, each
@@ -90,8 +100,9 @@ def _entry(raw: bytes) -> LedgerEntry:
 
 
 def _log_failure(fut: asyncio.Future[object]) -> None:
+    """For marks not waited for: a failure is logged (what it costs is in each caller's doc)."""
     if not fut.cancelled() and fut.exception() is not None:
-        log.warning("transport.confirm_mark_failed", error=repr(fut.exception()))
+        log.warning("transport.mark_failed", error=repr(fut.exception()))
 
 
 async def delete_prefix(redis_url: str, prefix: str) -> None:
@@ -119,6 +130,10 @@ class RedisLedger:
             for s in _STATES
         }
 
+    async def load_scripts(self) -> None:
+        """Cache the scripts sent without waiting (``script_soon``) so they keep their order."""
+        await self.r.script_load(MARK_SENT)
+
     def _k(self, *parts: str) -> str:
         return ":".join((self.p, *parts))
 
@@ -131,9 +146,13 @@ class RedisLedger:
             tx.add("RPUSH", key, *lines)
             tx.add("EXPIRE", key, self.ttl)
 
-    def _index_state(self, tx: Tx, mid: str, state: str, created_at: float) -> None:
+    def _index_state(
+        self, tx: Tx, mid: str, state: str, created_at: float, was: Sequence[str] | None = None
+    ) -> None:
+        """Move ``mid`` to ``state``'s index, out of ``was`` (the states it may be in; default:
+        every other one)."""
         key, others = self._state_idx[state]
-        for other in others:
+        for other in others if was is None else (self._state_idx[w][0] for w in was):
             tx.add("ZREM", other, mid)
         tx.add("ZADD", key, created_at, mid)
 
@@ -163,7 +182,7 @@ class RedisLedger:
             tx.add("ZADD", f"{self.p}:idx:all", now, env.id)
             tx.add("ZADD", f"{self.p}:idx:flow:{env.flow}", now, env.id)
             tx.add("ZADD", f"{self.p}:idx:corr:{env.correlation_id}", now, env.id)
-            self._index_state(tx, env.id, "queued", now)
+            self._index_state(tx, env.id, "queued", now, was=())  # a new id: in no state yet
 
     async def received(
         self,
@@ -246,9 +265,11 @@ class RedisLedger:
         dead: tuple[str | None, str, Sequence[str]] | None = None,
         outbox: list | None = None,
         children: Sequence[tuple[Envelope, float]] = (),
+        was: MessageState | None = None,
     ) -> None:
         """The message's new envelope (and state, generation, dead info, outbox still to send,
-        emitted children as new queued messages) plus ledger lines, in one transaction."""
+        emitted children as new queued messages) plus ledger lines, in one transaction.
+        ``was``: the state it is leaving, when the caller knows it (one index to leave)."""
         key = self._k("msg", envelope.id)
         fields: dict[str, object] = {
             "envelope": envelope.to_json(),
@@ -279,16 +300,17 @@ class RedisLedger:
         tx.add("EXPIRE", key, self.ttl)
         self._received(tx, children, now)
         if state is not None:
-            self._index_state(tx, envelope.id, state.value, created_at)
+            leaving = None if was is None else (was.value,)
+            self._index_state(tx, envelope.id, state.value, created_at, was=leaving)
         self._log(tx, entries)
         await self.batch.apply(tx)
 
-    async def sent(self, mid: str, gen: int) -> None:
-        """Generation ``gen``'s outbox is published: nothing is pending any more."""
-        tx = Tx()
-        tx.add("HSET", self._k("msg", mid), "sent", gen)
-        tx.add("HDEL", self._k("msg", mid), "outbox")
-        await self.batch.apply(tx)
+    def sent(self, mid: str, gen: int) -> asyncio.Future[object]:
+        """Generation ``gen``'s outbox is published: nothing is pending any more (``MARK_SENT``).
+        Queued at once, in order; await the result to wait for Redis."""
+        fut = self.batch.script_soon(MARK_SENT, self._k("msg", mid), gen)
+        fut.add_done_callback(_log_failure)
+        return fut
 
     async def claim_dead(self, mid: str) -> bool:
         """Take ``mid`` off the dead-letter index; True for exactly one caller."""

@@ -108,6 +108,31 @@ class RedisBatch(TickBatcher):
         except NoScriptError:  # not cached by this server yet: EVAL caches it
             return await self.call("EVAL", source, 0, *args)
 
+    def script_soon(self, source: str, *args: Any) -> asyncio.Future[Any]:
+        """``script`` without waiting: queued in order now, its reply in the returned future.
+        A NOSCRIPT (the server restarted or flushed its scripts) is answered by sending the
+        text, as ``script`` does, which then runs after what was queued meanwhile."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Any] = loop.create_future()
+        sha = self._sha.get(source)
+        if sha is None:
+            sha = self._sha[source] = hashlib.sha1(source.encode()).hexdigest()
+
+        def settle(fut: asyncio.Future[Any], retried: bool = False) -> None:
+            if result.done():
+                return
+            if fut.cancelled():
+                result.cancel()
+            elif isinstance(fut.exception(), NoScriptError) and not retried:
+                self.call("EVAL", source, 0, *args).add_done_callback(lambda f: settle(f, True))
+            elif fut.exception() is not None:
+                result.set_exception(fut.exception())  # type: ignore[arg-type]
+            else:
+                result.set_result(fut.result())
+
+        self.call("EVALSHA", sha, 0, *args).add_done_callback(settle)
+        return result
+
     async def apply(self, tx: Tx) -> None:
         """Run ``tx``'s commands in order as one atomic unit."""
         if tx:

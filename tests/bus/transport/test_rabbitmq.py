@@ -456,3 +456,22 @@ async def test_confirmed_publishes_are_never_republished(make: Make) -> None:
     assert await transport.ledger.unconfirmed([env.id]) == [None]
     assert rec.seen.empty() and await transport.backlog("swept") == 0
     assert "republished" not in [e.kind for e in await transport.history(env.id)]
+
+
+async def test_sent_mark_of_an_older_generation_keeps_the_newer_outbox(make: Make) -> None:
+    """A worker's sent mark for generation 1 that lands after another worker recorded generation
+    2 (it ran the retry copy at once) must not clear generation 2's outbox: a crash of that
+    worker would leave its retry copy unpublished."""
+    transport = await make(flows=["marks"])
+    env = Envelope.new("marks", {"n": 1})
+    await transport.publish([env])
+    stored = await transport.ledger.get(env.id)
+    assert stored is not None
+    pending = [out("flow", env, 0.0, 2).to_dict()]
+    await transport.ledger.update(env, time.time(), stored.created_at, gen=2, outbox=pending)
+    await transport.ledger.sent(env.id, 1)
+    after = await transport.ledger.get(env.id)
+    assert after is not None and (after.gen, after.sent, len(after.outbox)) == (2, 0, 1)
+    await transport.ledger.sent(env.id, 2)
+    after = await transport.ledger.get(env.id)
+    assert after is not None and (after.gen, after.sent, after.outbox) == (2, 2, [])

@@ -143,6 +143,23 @@ async def test_script_not_cached_by_the_server_is_sent_whole(redis: tuple[Redis,
     assert await batch.script(source, "again") == b"again"
 
 
+async def test_script_soon_runs_in_order_and_survives_noscript(redis: tuple[Redis, str]) -> None:
+    """An uncached script is sent whole, its reply kept for the caller; a cached one is queued
+    at once, ahead of a later call."""
+    client, p = redis
+    batch = RedisBatch(client)
+    source = f"-- {p}\nredis.call('RPUSH', ARGV[1], ARGV[2]) return ARGV[2]"
+    assert await client.script_exists(hashlib.sha1(source.encode()).hexdigest()) == [False]
+    assert await batch.script_soon(source, f"{p}:first", "uncached") == b"uncached"
+    first = batch.script_soon(source, f"{p}:order", "script")
+    second = batch.call("RPUSH", f"{p}:order", "call")
+    assert await second == 2 and await first == b"script"
+    assert await client.lrange(f"{p}:order", 0, -1) == [b"script", b"call"]
+    failing = batch.script_soon("return redis.error_reply('no such luck')")
+    with pytest.raises(Exception, match="no such luck"):
+        await failing
+
+
 @pytest.mark.parametrize("idle_check", [0.0, 1e9], ids=["checked", "unchecked"])
 async def test_connection_closed_while_idle_is_replaced(
     redis: tuple[Redis, str], idle_check: float
