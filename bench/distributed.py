@@ -1,6 +1,6 @@
 """Distributed mode: consume → 8-field map → confirmed publish → ack on RabbitMQ, messages/s.
 
-Run: .venv/bin/python bench/distributed.py [-n 5000] [--rounds 3] [--workers 1,2,4]
+Run: .venv/bin/python bench/distributed.py [-n 5000] [--rounds 3] [--workers 1,2,4] [--stage-times]
 Needs RabbitMQ on 127.0.0.1:5672 (guest) and Redis on 127.0.0.1:6379. Per round, back to back:
 
 * tieline, K ``tieline worker`` processes (K in --workers): flow ``relay`` (``from: {topic:
@@ -117,7 +117,8 @@ async def clock(in_q: str, out_q: str, n: int, procs: list, timeout: float) -> R
     raise TimeoutError(f"{out_q}: {done}/{n} messages after {timeout}s")
 
 
-async def tieline_run(n: int, workers: int, timeout: float, tmp: Path) -> Run:
+async def tieline_run(n: int, workers: int, timeout: float, tmp: Path,
+                      stage_times: bool = False) -> Run:
     prefix = f"bench-dist-{new_id().lower()}"
     config = tmp / f"{prefix}.yaml"
     config.write_text(CONFIG.format(amqp=AMQP_URL, redis=REDIS_URL, prefix=prefix,
@@ -133,13 +134,18 @@ async def tieline_run(n: int, workers: int, timeout: float, tmp: Path) -> Run:
                                          for _ in range(min(100, count - at))])
 
         await asyncio.gather(*(load(n // 8 + (i < n % 8)) for i in range(8)))
-        procs = [common.spawn([common.PY, "-c", WORKER, str(config)], cwd=tmp,
+        worker = [str(common.BENCH / "stage_times.py")] if stage_times else ["-c", WORKER]
+        procs = [common.spawn([common.PY, *worker, str(config)], cwd=tmp,
                               log=tmp / f"{prefix}-w{i}.log") for i in range(workers)]
         return await clock(transport.names.flow("relay"), transport.names.flow("sink"), n, procs,
                            timeout)
     finally:
         for p in procs:
             common.stop(p)
+        for i in range(len(procs) if stage_times else 0):
+            for line in (tmp / f"{prefix}-w{i}.log").read_text().splitlines():
+                if line.startswith("stage "):
+                    print(f"worker {i + 1}/{len(procs)} {line}", flush=True)
         await transport.close()
         await transport.drop()
 
@@ -195,6 +201,9 @@ async def main() -> None:
     parser.add_argument("--workers", default="1,2,4", help="tieline worker counts per round")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run at most")
     parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--stage-times", action="store_true",
+                        help="time each delivery stage in the tieline workers (bench/stage_times.py) "
+                             "and print the means; the timers cost CPU, so compare no msg/s then")
     args = parser.parse_args()
     ks = [int(k) for k in args.workers.split(",")]
     labels = [f"tieline x{k}" for k in ks] + ["handwritten", "faststream"]
@@ -204,7 +213,8 @@ async def main() -> None:
         for r in range(args.rounds):
             for label in labels:
                 if label.startswith("tieline"):
-                    run = await tieline_run(args.n, int(label.split("x")[1]), args.timeout, tmp)
+                    run = await tieline_run(args.n, int(label.split("x")[1]), args.timeout, tmp,
+                                            args.stage_times)
                 else:
                     run = await peer_run(label, args.n, args.timeout, tmp)
                 results[label].append(run)
