@@ -93,6 +93,13 @@ class Metrics(Observer):
             await hook(self)
         return generate_latest(self.registry)
 
+    async def render_families(self) -> list[Any]:
+        """The metric families as ``render`` would write them (readings refreshed), for a
+        caller that adds samples first (bus.worker_reports)."""
+        for hook in self._scrape_hooks:
+            await hook(self)
+        return list(self.registry.collect())
+
 
 async def transport_readings(metrics: Metrics, transport, flows: list[str]) -> None:  # noqa: ANN001
     """Backlog and dead-letter depth/age per flow, read from the transport."""

@@ -296,6 +296,9 @@ class Runtime:
         from bus.supervisor import watch_parent
 
         background.append(asyncio.ensure_future(watch_parent(stop)))
+        from bus.worker_reports import report_forever  # the serving processes show its numbers
+
+        background.append(asyncio.ensure_future(report_forever(self)))
         try:
             await stop.wait()
         finally:

@@ -131,6 +131,41 @@ class Stats(Observer):
     def failed(self, flow: str, step: str, message_id: str, error: str, retrying: bool) -> None:
         self.failures.append(Failure(self.clock(), flow, step, message_id, error, retrying))
 
+    def dump(self) -> dict[str, Any]:
+        """The raw slots and failures, as JSON-ready data ``merged`` adds up (histograms sparse)."""
+        def series(table: dict[str, Series]) -> dict[str, list]:
+            return {name: [[s.minute, s.ok, s.failed, s.retried, s.filtered,
+                            {str(i): n for i, n in enumerate(s.hist) if n}] for s in ser.slots]
+                    for name, ser in table.items()}
+        return {"flows": series(self.flows), "connectors": series(self.connectors),
+                "failures": [f.to_dict() for f in self.failures]}
+
+    @classmethod
+    def merged(cls, dumps: list[dict[str, Any]], clock: Callable[[], float] = time.time) -> Stats:
+        """One Stats holding the sum of several processes' ``dump()``s (counts and latency
+        buckets add up per minute; the most recent failures are kept)."""
+        out = cls(clock)
+        for d in dumps:
+            for table, rows in ((out.flows, d["flows"]), (out.connectors, d["connectors"])):
+                for name, slots in rows.items():
+                    by_minute = {s.minute: s for s in table.setdefault(name, Series()).slots}
+                    for minute, ok, failed, retried, filtered, hist in slots:
+                        slot = by_minute.get(minute)
+                        if slot is None:
+                            slot = by_minute[minute] = Slot(minute)
+                        slot.ok += ok
+                        slot.failed += failed
+                        slot.retried += retried
+                        slot.filtered += filtered
+                        for i, n in hist.items():
+                            slot.hist[int(i)] += n
+                    ordered = sorted(by_minute.values(), key=lambda s: s.minute)
+                    table[name].slots.clear()
+                    table[name].slots.extend(ordered[-SLOTS:])
+        failures = sorted((f for d in dumps for f in d["failures"]), key=lambda f: f["at"])
+        out.failures.extend(Failure(**f) for f in failures[-out.failures.maxlen:])  # type: ignore[misc]
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         minute = int(self.clock() // 60)
         windows = {}

@@ -10,6 +10,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bus import worker_reports
 from bus.http import scopes
 from bus.http.responses import JSON
 from bus.metrics import CONTENT_TYPE_LATEST
@@ -22,10 +23,10 @@ def routes(runtime: Runtime) -> list[Route]:
     page = files("bus.http").joinpath("dashboard.html").read_text(encoding="utf-8")
 
     async def metrics(request: Request) -> Response:
-        return Response(await runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await worker_reports.render_metrics(runtime), media_type=CONTENT_TYPE_LATEST)
 
     async def stats(request: Request) -> JSON:
-        snap = runtime.stats.snapshot()
+        snap = await worker_reports.stats_snapshot(runtime)
         dead = {}
         for name in runtime.flows:
             dls = await runtime.transport.dead_letters(flow=name, limit=1000)

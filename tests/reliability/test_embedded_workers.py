@@ -3,7 +3,8 @@
 1. `tieline run --workers 2` under load: a worker SIGKILLed twice (the server replaces it and
    gives its leases back), then the server itself SIGKILLed and started again.
 2. Two `tieline serve` on one port (SO_REUSEPORT) and one `tieline worker`, all on one file:
-   one server SIGKILLed under load.
+   one server SIGKILLed under load; then the surviving server's /metrics and /api/v1/stats
+   show the worker's deliveries.
 
 Every acknowledged message is delivered exactly once (a to: call cut off by a kill is made
 again with the same Idempotency-Key, which the sink honours). Sizes: TIELINE_FAULT_WORKER_MESSAGES
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from .accounting import Load, account, ids
 from .conftest import Procs, flows_yaml, wait_healthy, write_config
@@ -101,7 +103,7 @@ async def test_two_servers_and_a_worker_share_one_file(tmp_path: Path, sink, pro
     servers = [procs.start("serve", config, port) for _ in range(2)]
     for server in servers:
         await wait_healthy(url, server)
-    procs.start("worker", config)
+    worker = procs.start("worker", config)
     await asyncio.sleep(0.5)  # both bound: the second did not fail with "address in use"
     assert all(s.poll() is None for s in servers), [s.log.read_text() for s in servers]
     load = Load(url, ids("shared-serve", SCALEOUT_MESSAGES), give_up=60)
@@ -117,3 +119,21 @@ async def test_two_servers_and_a_worker_share_one_file(tmp_path: Path, sink, pro
         sending.cancel()
     await settle("embedded-two-servers-one-worker", url, state, load, started, notes,
                  SCALEOUT_MESSAGES)
+    # the serving process shows the worker's numbers (bus.worker_reports), within a report period
+    await until(lambda: delivered_by_workers(url) == SCALEOUT_MESSAGES, 15,
+                "the worker's deliveries in the server's /metrics")
+    stats = httpx.get(url + "/api/v1/stats").json()
+    assert [w["pid"] for w in stats["workers"]] == [worker.pid], stats["workers"]
+    counted = sum(f["count"] for f in stats["windows"]["60m"]["flows"].values())
+    assert counted == SCALEOUT_MESSAGES, stats["windows"]["60m"]["flows"]
+
+
+def delivered_by_workers(url: str) -> float:
+    """Messages the server's /metrics says its workers delivered (samples labelled worker)."""
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for sample in family.samples:
+            if (sample.name == "tieline_flow_outcomes_total" and "worker" in sample.labels
+                    and sample.labels["outcome"] == "delivered"):
+                total += sample.value
+    return total

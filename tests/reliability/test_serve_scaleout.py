@@ -1,5 +1,6 @@
 """Scale-out of ingress on RabbitMQ: two `tieline serve` processes share one port (SO_REUSEPORT)
-with one `tieline worker`; one server is SIGKILLed under load and the other carries on.
+with one `tieline worker`; one server is SIGKILLed under load and the other carries on, and
+its /metrics shows the worker's deliveries.
 
 Every acknowledged message is delivered exactly once. Needs the machine's RabbitMQ and Redis,
 like test_rabbitmq_faults (a missing broker fails the run, it is never skipped).
@@ -17,6 +18,7 @@ from bus.envelope import new_id
 from .accounting import Load, account, ids
 from .conftest import Procs, wait_healthy
 from .test_embedded_faults import until
+from .test_embedded_workers import delivered_by_workers
 from .test_rabbitmq_faults import broker_answers, drop_prefix, rabbit_config
 
 MESSAGES = int(os.environ.get("TIELINE_FAULT_SCALEOUT_MESSAGES", "1200"))
@@ -60,6 +62,10 @@ async def test_two_servers_share_a_port_and_survive_one_kill(tmp_path: Path, sin
             sending.cancel()
         tally = await account("rabbitmq-two-servers-one-killed", url, state, load, settle=60,
                               started=started, notes=notes)
+        # the worker reports through Redis: the server's /metrics counts its deliveries
+        await until(lambda: delivered_by_workers(url) == tally.delivered, 15,
+                    lambda: f"{delivered_by_workers(url)} of {tally.delivered} deliveries "
+                            "in the server's /metrics")
     finally:
         procs.stop_all()
         await drop_prefix(prefix)
