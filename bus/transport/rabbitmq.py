@@ -255,7 +255,7 @@ class RabbitTransport(Transport):
         self.ledger.confirmed(ids)
         if now - self._pruned_at >= PRUNE_EVERY:
             self._pruned_at = now
-            self._spawn(self.ledger.prune(now - self._ledger_ttl))
+            self._spawn(self.ledger.prune(now - self._ledger_ttl, sorted(self._declared)))
         return PublishResult(accepted=ids)
 
     # ----- consuming --------------------------------------------------------------------

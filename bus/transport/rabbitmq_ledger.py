@@ -6,7 +6,8 @@ Keys (``p`` = prefix), each message's keys expire ``ttl`` seconds after its last
                         times, error, dead info
     p:ledger:{id}       list of LedgerEntry JSON, in write order
     p:idx:all / p:idx:flow:{flow} / p:idx:state:{state} / p:idx:corr:{cid}
-                        sorted sets of ids by first receipt, for search (pruned past ttl)
+                        sorted sets of ids by first receipt, for search (pruned past ttl; a
+                        correlation's index expires ttl after its last message instead)
     p:dlq:all / p:dlq:flow:{flow}
                         sorted sets of dead-letter ids by dead_at
     p:unconfirmed       sorted set of ids received at ingress whose broker confirm has not been
@@ -182,6 +183,7 @@ class RedisLedger:
             tx.add("ZADD", f"{self.p}:idx:all", now, env.id)
             tx.add("ZADD", f"{self.p}:idx:flow:{env.flow}", now, env.id)
             tx.add("ZADD", f"{self.p}:idx:corr:{env.correlation_id}", now, env.id)
+            tx.add("EXPIRE", f"{self.p}:idx:corr:{env.correlation_id}", self.ttl)
             self._index_state(tx, env.id, "queued", now, was=())  # a new id: in no state yet
 
     async def received(
@@ -327,9 +329,14 @@ class RedisLedger:
         self._log(tx, entries)
         await self.batch.apply(tx)
 
-    async def prune(self, before: float) -> None:
-        """Drop index entries older than the ledger ttl (their messages have expired)."""
-        keys = [k async for k in self.r.scan_iter(match=self._k("idx", "*"), count=500)]
+    async def prune(self, before: float, flows: Iterable[str]) -> None:
+        """Drop index entries older than the ledger ttl (their messages have expired) from the
+        indexes by receipt, flow (``flows``: those this process knows) and state. The
+        per-correlation indexes expire by themselves (``_received``): no SCAN of the keyspace,
+        which held the event loop 340 ms at 60,000 retained messages (measured) and grew with
+        the retention."""
+        keys = [self._k("idx", "all"), *(self._k("idx", "flow", f) for f in flows),
+                *(key for key, _ in self._state_idx.values())]
         pipe = self.r.pipeline(transaction=False)
         for k in keys:
             pipe.zremrangebyscore(k, "-inf", before)

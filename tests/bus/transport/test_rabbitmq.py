@@ -475,3 +475,22 @@ async def test_sent_mark_of_an_older_generation_keeps_the_newer_outbox(make: Mak
     await transport.ledger.sent(env.id, 2)
     after = await transport.ledger.get(env.id)
     assert after is not None and (after.gen, after.sent, after.outbox) == (2, 2, [])
+
+
+async def test_prune_trims_the_fixed_indexes_and_correlations_expire(make: Make) -> None:
+    """prune() trims the receipt, flow and state indexes without walking the keyspace; each
+    correlation's index carries the ledger TTL instead (there is one per conversation)."""
+    transport = await make(flows=["pruned"])
+    env = Envelope.new("pruned", {"n": 1})
+    await transport.publish([env])
+    p = transport.names.prefix
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        ttl = await redis.ttl(f"{p}:idx:corr:{env.correlation_id}")
+        assert 0 < ttl <= transport.ledger.ttl
+        indexes = [f"{p}:idx:all", f"{p}:idx:flow:pruned", f"{p}:idx:state:queued"]
+        assert [await redis.zscore(k, env.id) for k in indexes] != [None] * 3
+        await transport.ledger.prune(time.time() + 1, ["pruned"])
+        assert [await redis.zscore(k, env.id) for k in indexes] == [None] * 3
+    finally:
+        await redis.aclose()
