@@ -489,7 +489,7 @@ async def test_prune_trims_the_fixed_indexes_and_correlations_expire(make: Make)
         ttl = await redis.ttl(f"{p}:idx:corr:{env.correlation_id}")
         assert 0 < ttl <= transport.ledger.ttl
         indexes = [f"{p}:idx:all", f"{p}:idx:flow:pruned", f"{p}:idx:state:queued"]
-        assert [await redis.zscore(k, env.id) for k in indexes] != [None] * 3
+        assert None not in [await redis.zscore(k, env.id) for k in indexes]
         await transport.ledger.prune(time.time() + 1, ["pruned"])
         assert [await redis.zscore(k, env.id) for k in indexes] == [None] * 3
     finally:
