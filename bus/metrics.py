@@ -106,6 +106,6 @@ async def transport_readings(metrics: Metrics, transport, flows: list[str]) -> N
     now = time.time()
     for flow in flows:
         metrics.backlog.labels(flow).set(await transport.backlog(flow))
-        dls = await transport.dead_letters(flow=flow, limit=100_000)
-        metrics.dlq_depth.labels(flow).set(len(dls))
-        metrics.dlq_oldest.labels(flow).set(now - min((d.dead_at for d in dls), default=now))
+        depth, oldest = await transport.dead_letter_summary(flow)
+        metrics.dlq_depth.labels(flow).set(depth)
+        metrics.dlq_oldest.labels(flow).set(now - (oldest if oldest is not None else now))

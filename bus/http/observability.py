@@ -29,8 +29,8 @@ def routes(runtime: Runtime) -> list[Route]:
         snap = await worker_reports.stats_snapshot(runtime)
         dead = {}
         for name in runtime.flows:
-            dls = await runtime.transport.dead_letters(flow=name, limit=1000)
-            dead[name] = {"depth": len(dls), "oldest": min((d.dead_at for d in dls), default=None)}
+            depth, oldest = await runtime.transport.dead_letter_summary(name)
+            dead[name] = {"depth": depth, "oldest": oldest}
         snap["dead_letters"] = dead
         snap["backlog"] = {name: await runtime.transport.backlog(name) for name in runtime.flows}
         return JSON(snap)

@@ -261,6 +261,13 @@ class Transport(ABC):
     @abstractmethod
     async def dead_letter(self, message_id: str) -> DeadLetter | None: ...
 
+    async def dead_letter_summary(self, flow: str) -> tuple[int, float | None]:
+        """(how many dead letters ``flow`` has, when the oldest died), for metrics and the
+        dashboard on every scrape: transports answer from an index instead of reading every
+        letter, as this default does."""
+        letters = await self.dead_letters(flow=flow, limit=1_000_000)
+        return len(letters), min((d.dead_at for d in letters), default=None)
+
     @abstractmethod
     async def replay(self, message_id: str, envelope: Envelope | None = None) -> bool:
         """Queue a dead letter again (from its failed step, attempt 1); False if not dead."""

@@ -322,6 +322,9 @@ class RabbitTransport(Transport):
     async def dead_letter(self, message_id: str) -> DeadLetter | None:
         return await self.ledger.dead_letter(message_id)
 
+    async def dead_letter_summary(self, flow: str) -> tuple[int, float | None]:
+        return await self.ledger.dead_summary(flow)
+
     async def replay(self, message_id: str, envelope: Envelope | None = None) -> bool:
         if envelope is not None and envelope.id != message_id:
             raise ValueError(

@@ -331,12 +331,15 @@ class RedisLedger:
 
     async def prune(self, before: float, flows: Iterable[str]) -> None:
         """Drop index entries older than the ledger ttl (their messages have expired) from the
-        indexes by receipt, flow (``flows``: those this process knows) and state. The
+        indexes by receipt, flow (``flows``: those this process knows), state and dead letters. The
         per-correlation indexes expire by themselves (``_received``): no SCAN of the keyspace,
         which held the event loop 340 ms at 60,000 retained messages (measured) and grew with
         the retention."""
+        flows = list(flows)
         keys = [self._k("idx", "all"), *(self._k("idx", "flow", f) for f in flows),
-                *(key for key, _ in self._state_idx.values())]
+                *(key for key, _ in self._state_idx.values()),
+                # dead letters older than the ttl: their records are gone too
+                self._k("dlq", "all"), *(self._k("dlq", "flow", f) for f in flows)]
         pipe = self.r.pipeline(transaction=False)
         for k in keys:
             pipe.zremrangebyscore(k, "-inf", before)
@@ -426,6 +429,14 @@ class RedisLedger:
                 if len(found) == limit:
                     break
         return found
+
+    async def dead_summary(self, flow: str) -> tuple[int, float | None]:
+        """(count, oldest dead_at) of ``flow``'s dead letters, from its DLQ index."""
+        key = self._k("dlq", "flow", flow)
+        count, oldest = await self.batch.call("ZCARD", key), await self.batch.call(
+            "ZRANGE", key, 0, 0, "WITHSCORES"
+        )
+        return count, (float(oldest[0][1]) if oldest else None)
 
     async def dead_letters(self, flow: str | None, limit: int) -> list[DeadLetter]:
         index = self._k("dlq", "flow", flow) if flow is not None else self._k("dlq", "all")

@@ -254,6 +254,9 @@ class SqliteTransport(Transport):
         found = await self.reader.read(store.dead_letters, message_id=message_id, limit=1)
         return found[0] if found else None
 
+    async def dead_letter_summary(self, flow: str) -> tuple[int, float | None]:
+        return await self.reader.read(store.dead_summary, flow)
+
     async def replay(self, message_id: str, envelope: Envelope | None = None) -> bool:
         if envelope is not None and envelope.id != message_id:
             raise ValueError(

@@ -262,6 +262,14 @@ def search(
     return [_record(r) for r in rows]
 
 
+def dead_summary(conn: sqlite3.Connection, flow: str) -> tuple[int, float | None]:
+    """(count, oldest dead_at) of ``flow``'s dead letters, from the dead_flow_at index."""
+    count, oldest = conn.execute(
+        "SELECT COUNT(*), MIN(dead_at) FROM dead WHERE flow = ?", (flow,)
+    ).fetchone()
+    return count, oldest
+
+
 def dead_letters(
     conn: sqlite3.Connection,
     *,

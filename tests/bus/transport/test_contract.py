@@ -190,6 +190,23 @@ async def test_purge_removes_dead_letters(transport: Transport) -> None:
     assert await transport.purge([env.id]) == 0
 
 
+async def test_dead_letter_summary_counts_what_dead_letters_lists(transport: Transport) -> None:
+    """dead_letter_summary() (metrics, dashboard) agrees with dead_letters() per flow, and
+    follows a purge."""
+    assert await transport.dead_letter_summary("sms") == (0, None)
+    first = await _kill(transport, "sms")
+    second = await _kill(transport, "email")
+    for flow, env in (("sms", first), ("email", second)):
+        [letter] = await transport.dead_letters(flow=flow)
+        assert letter.message_id == env.id
+        count, oldest = await transport.dead_letter_summary(flow)
+        assert (count, oldest) == (1, pytest.approx(letter.dead_at))
+    assert await transport.dead_letter_summary("other") == (0, None)
+    await transport.purge([first.id])
+    assert await transport.dead_letter_summary("sms") == (0, None)
+    assert (await transport.dead_letter_summary("email"))[0] == 1
+
+
 async def test_dedupe_key_rejects_second_publish(transport: Transport) -> None:
     """A second publish under a seen dedupe key stores nothing and names the first ids."""
     first = Envelope.new("calls", {"call": 1})
