@@ -33,8 +33,8 @@ from bus.transport.entries import (
     dead_lines,
     retry_lines,
 )
-from bus.transport.rabbitmq_ledger import Peek
 from bus.transport.rabbitmq_publisher import H_ATTEMPTS, H_CHAIN, H_ERROR, H_GEN
+from bus.transport.rabbitmq_reads import Peek
 
 if TYPE_CHECKING:
     from bus.transport.rabbitmq import RabbitTransport

@@ -1,4 +1,5 @@
-"""The RabbitMQ transport's ledger, message records and dead-letter index, in Redis.
+"""The RabbitMQ transport's ledger, message records and dead-letter index, in Redis: their keys and
+writes (the reads are in ``rabbitmq_reads``).
 
 Keys (``p`` = prefix), each message's keys expire ``ttl`` seconds after its last write:
 
@@ -22,14 +23,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import orjson
 import structlog
 from redis.asyncio import Redis
 
 from bus.envelope import Envelope
-from bus.transport.base import DeadLetter, LedgerEntry, MessageRecord, MessageState
+from bus.transport.base import LedgerEntry, MessageState
+from bus.transport.rabbitmq_reads import LedgerReads
 from bus.transport.redis_batch import RedisBatch, Tx
 
 log = structlog.get_logger()
@@ -58,48 +59,6 @@ return ids
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """A message record plus what only the transport needs."""
-
-    record: MessageRecord
-    gen: int  # generation of the latest ending / replay recorded
-    sent: int  # generation whose outbox was published (sent < gen: outbox still pending)
-    outbox: list  # [kind, envelope dict, due, headers] still to publish for generation ``gen``
-    created_at: float
-    flow: str
-
-
-@dataclass(frozen=True, slots=True)
-class Peek:
-    """What admitting a delivery needs from its record (``RedisLedger.peek``)."""
-
-    state: MessageState
-    gen: int
-    sent: int
-    created_at: float
-    envelope: bytes  # the latest envelope's JSON, parsed only when the caller needs it
-    outbox: list
-
-
-_PEEK = ("state", "gen", "sent", "created_at", "envelope", "outbox")
-
-
-def _entry(raw: bytes) -> LedgerEntry:
-    d = orjson.loads(raw)
-    return LedgerEntry(
-        message_id=d["message_id"],
-        kind=d["kind"],
-        at=d["at"],
-        flow=d["flow"],
-        step=d["step"],
-        attempt=d["attempt"],
-        outcome=d["outcome"],
-        error=d["error"],
-        detail=d["detail"],
-    )
-
-
 def _log_failure(fut: asyncio.Future[object]) -> None:
     """For marks not waited for: a failure is logged (what it costs is in each caller's doc)."""
     if not fut.cancelled() and fut.exception() is not None:
@@ -117,7 +76,9 @@ async def delete_prefix(redis_url: str, prefix: str) -> None:
         await redis.aclose()
 
 
-class RedisLedger:
+class RedisLedger(LedgerReads):
+    """The writes (and the marks not waited for); the reads are ``LedgerReads``."""
+
     def __init__(self, redis: Redis, prefix: str, ttl: float):
         self.r = redis
         self.batch = RedisBatch(redis)
@@ -344,117 +305,3 @@ class RedisLedger:
         for k in keys:
             pipe.zremrangebyscore(k, "-inf", before)
         await pipe.execute()
-
-    # ----- reads --------------------------------------------------------------------------
-    async def get(self, mid: str) -> Stored | None:
-        h = await self.batch.call("HGETALL", self._k("msg", mid))
-        if not h:
-            return None
-        record = MessageRecord(
-            envelope=Envelope.from_json(h[b"envelope"]),
-            state=MessageState(h[b"state"].decode()),
-            available_at=float(h.get(b"available_at", 0)),
-            updated_at=float(h[b"updated_at"]),
-            error=h[b"error"].decode() if b"error" in h else None,
-        )
-        return Stored(
-            record,
-            gen=int(h.get(b"gen", 0)),
-            sent=int(h.get(b"sent", 0)),
-            outbox=orjson.loads(h[b"outbox"]) if b"outbox" in h else [],
-            created_at=float(h[b"created_at"]),
-            flow=h[b"flow"].decode(),
-        )
-
-    async def peek(self, mid: str) -> Peek | None:
-        """Part of ``get``, on the hot path of every delivery: one HMGET of six fields is a
-        third of the reply to parse that HGETALL's map is, and the envelope stays JSON."""
-        state, gen, sent, created_at, envelope, outbox = await self.batch.call(
-            "HMGET", self._k("msg", mid), *_PEEK
-        )
-        if state is None:
-            return None
-        return Peek(
-            MessageState(state.decode()),
-            gen=int(gen or 0),
-            sent=int(sent or 0),
-            created_at=float(created_at),
-            envelope=envelope,
-            outbox=orjson.loads(outbox) if outbox else [],
-        )
-
-    async def history(self, mid: str) -> list[LedgerEntry]:
-        return [_entry(raw) for raw in await self.r.lrange(self._k("ledger", mid), 0, -1)]
-
-    async def search(
-        self,
-        *,
-        flow: str | None,
-        state: MessageState | None,
-        correlation_id: str | None,
-        since: float | None,
-        until: float | None,
-        limit: int,
-    ) -> list[MessageRecord]:
-        """Walk the most selective index newest first, checking the other filters on each record."""
-        if correlation_id is not None:
-            index = self._k("idx", "corr", correlation_id)
-        elif flow is not None:
-            index = self._k("idx", "flow", flow)
-        elif state is not None:
-            index = self._k("idx", "state", state.value)
-        else:
-            index = self._k("idx", "all")
-        high = f"({until}" if until is not None else "+inf"
-        low = since if since is not None else "-inf"
-        found: list[MessageRecord] = []
-        offset, page = 0, max(limit, 50)
-        while len(found) < limit:
-            ids = await self.r.zrevrangebyscore(index, high, low, start=offset, num=page)
-            if not ids:
-                break
-            offset += len(ids)
-            for mid in ids:
-                got = await self.get(mid.decode())
-                if got is None:
-                    continue
-                rec = got.record
-                if (
-                    (flow and got.flow != flow)
-                    or (state and rec.state is not state)
-                    or (correlation_id and rec.envelope.correlation_id != correlation_id)
-                ):
-                    continue
-                found.append(rec)
-                if len(found) == limit:
-                    break
-        return found
-
-    async def dead_summary(self, flow: str) -> tuple[int, float | None]:
-        """(count, oldest dead_at) of ``flow``'s dead letters, from its DLQ index."""
-        key = self._k("dlq", "flow", flow)
-        count, oldest = await self.batch.call("ZCARD", key), await self.batch.call(
-            "ZRANGE", key, 0, 0, "WITHSCORES"
-        )
-        return count, (float(oldest[0][1]) if oldest else None)
-
-    async def dead_letters(self, flow: str | None, limit: int) -> list[DeadLetter]:
-        index = self._k("dlq", "flow", flow) if flow is not None else self._k("dlq", "all")
-        ids = await self.r.zrevrange(index, 0, limit - 1)
-        letters = [await self.dead_letter(mid.decode()) for mid in ids]
-        return [d for d in letters if d is not None]
-
-    async def dead_letter(self, mid: str) -> DeadLetter | None:
-        h = await self.r.hgetall(self._k("msg", mid))
-        if not h or h.get(b"state") != b"dead":
-            return None
-        return DeadLetter(
-            message_id=mid,
-            flow=h[b"flow"].decode(),
-            envelope=Envelope.from_json(h[b"envelope"]),
-            step=orjson.loads(h[b"step"]),
-            error=h[b"error"].decode(),
-            error_chain=orjson.loads(h[b"chain"]),
-            attempts=[e for e in await self.history(mid) if e.kind == "step"],
-            dead_at=float(h[b"dead_at"]),
-        )
