@@ -46,7 +46,8 @@ from bus.transport.sqlite_writer import Connect, GroupCommitWriter, Reader, Sync
 log = structlog.get_logger()
 
 CRASH_RETRY_DELAY = 1.0  # seconds before a message whose handler raised runs again
-DEDUPE_EXPIRY_EVERY = 60.0  # purge expired dedupe keys at most this often
+DEDUPE_EXPIRY_EVERY = 60.0  # housekeeping (expired dedupe keys, finished messages) this often,
+# or every second while a pass hits store.PRUNE_BATCH
 SHARED_LINGER = 0.003  # seconds a small batch waits for company on a shared file (sqlite_writer)
 
 
@@ -344,9 +345,11 @@ class _Publish:
         may run it again after a rollback."""
         t, now, envs = self.transport, self.now, self.envs
         if now - t._dedupe_expired_at >= DEDUPE_EXPIRY_EVERY:
-            store.dedupe_expire(conn, now)
-            store.prune_finished(conn, now - t._retention)
-            t._dedupe_expired_at = now
+            batch = store.PRUNE_BATCH
+            expired = store.dedupe_expire(conn, now, batch)
+            pruned = store.prune_finished(conn, now - t._retention, batch)
+            behind = max(expired, pruned) >= batch  # more left: again in a second
+            t._dedupe_expired_at = now - (DEDUPE_EXPIRY_EVERY - 1.0 if behind else 0.0)
         if t.queues.shared and (backlog := t.queues.over_bound(conn, len(envs))) is not None:
             return _OverBound(backlog)
         key = self.dedupe_key

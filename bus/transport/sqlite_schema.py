@@ -80,6 +80,9 @@ CREATE TRIGGER IF NOT EXISTS backlog_delete AFTER DELETE ON messages
 WHEN OLD.state = 'queued' BEGIN
     UPDATE backlog SET queued = queued - 1 WHERE flow = OLD.flow;
 END;
+CREATE INDEX IF NOT EXISTS messages_finished ON messages(updated_at)
+WHERE state IN ('delivered', 'filtered', 'purged');
+CREATE INDEX IF NOT EXISTS dedupe_expires ON dedupe(expires_at);
 """
 
 

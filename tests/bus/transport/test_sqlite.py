@@ -15,6 +15,7 @@ import pytest
 
 from bus.envelope import Envelope
 from bus.errors import TransportError
+from bus.transport import sqlite_store as store
 from bus.transport.base import Delivery, MessageState
 from bus.transport.sqlite import SqliteTransport
 
@@ -247,6 +248,34 @@ async def test_republishing_an_id_is_refused(tmp_path: Path) -> None:
         assert isinstance(results[0], TransportError) and "already stored" in str(results[0])
         assert results[1].accepted == [other.id]  # type: ignore[union-attr]
         assert await transport.backlog("x") == 2
+    finally:
+        await transport.close()
+
+
+async def test_pruning_is_bounded_per_pass_and_catches_up(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A housekeeping pass deletes at most PRUNE_BATCH finished messages (it runs inside an
+    ingress commit); while it is behind, the next pass comes a second later, not a minute."""
+    monkeypatch.setattr(store, "PRUNE_BATCH", 2)
+    now = [1_000_000.0]
+    transport = await started(tmp_path / "bus.sqlite3", retention=3600, clock=lambda: now[0])
+    try:
+        done = [Envelope.new("jobs", {"n": i}) for i in range(5)]
+        recorder = Recorder(complete)
+        transport.consume("jobs", recorder)
+        await transport.publish(done)
+        await recorder.take(5)
+
+        async def kept() -> int:
+            await transport.publish([Envelope.new("other", {})])  # housekeeping runs with writes
+            return sum([await transport.message(e.id) is not None for e in done])
+
+        now[0] += 3700
+        assert await kept() == 3  # the oldest two
+        assert await kept() == 3  # the same second: no second pass yet
+        now[0] += 1.0
+        assert await kept() == 1
+        now[0] += 1.0
+        assert await kept() == 0
     finally:
         await transport.close()
 
