@@ -160,9 +160,12 @@ async def render_metrics(runtime: Runtime) -> bytes:
 async def stats_snapshot(runtime: Runtime) -> dict:
     """``/api/v1/stats``: this process's statistics plus the workers', and who reported."""
     reports = await read(runtime)
-    merged = Stats.merged([runtime.stats.dump(), *(r["stats"] for r in reports)],
-                          clock=runtime.stats.clock)
-    snap = merged.snapshot()
+    if reports:
+        merged = Stats.merged([runtime.stats.dump(), *(r["stats"] for r in reports)],
+                              clock=runtime.stats.clock)
+        snap = merged.snapshot()
+    else:  # no workers (one process): nothing to add
+        snap = runtime.stats.snapshot()
     snap["workers"] = [{"worker": r["worker"], "pid": r["pid"], "reported_at": r["at"]}
                        for r in reports]
     return snap

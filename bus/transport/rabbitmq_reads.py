@@ -147,9 +147,9 @@ class LedgerReads:
     async def dead_summary(self, flow: str) -> tuple[int, float | None]:
         """(count, oldest dead_at) of ``flow``'s dead letters, from its DLQ index."""
         key = self._k("dlq", "flow", flow)
-        count, oldest = await self.batch.call("ZCARD", key), await self.batch.call(
-            "ZRANGE", key, 0, 0, "WITHSCORES"
-        )
+        counting = self.batch.call("ZCARD", key)  # both queued now: one pipeline
+        oldest = await self.batch.call("ZRANGE", key, 0, 0, "WITHSCORES")
+        count = await counting
         return count, (float(oldest[0][1]) if oldest else None)
 
     async def dead_letters(self, flow: str | None, limit: int) -> list[DeadLetter]:
