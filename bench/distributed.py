@@ -150,7 +150,9 @@ async def tieline_run(n: int, workers: int, timeout: float, tmp: Path,
         await transport.drop()
 
 
-async def peer_run(kind: str, n: int, timeout: float, tmp: Path) -> Run:
+async def peer_run(label: str, n: int, timeout: float, tmp: Path) -> Run:
+    """A peer run; ``label`` is ``kind`` or ``kind@prefetch`` (default prefetch 16)."""
+    kind, _, prefetch = label.partition("@")
     name = f"bench-peer-{new_id().lower()}"
     in_q, out_q = f"{name}.in", f"{name}.out"
     proc = None
@@ -170,7 +172,8 @@ async def peer_run(kind: str, n: int, timeout: float, tmp: Path) -> Run:
                                          content_type="application/json"), routing_key=in_q)
 
             await asyncio.gather(*(load(n // 50 + (i < n % 50)) for i in range(50)))
-            proc = common.spawn([common.PY, PEERS, kind, AMQP_URL, in_q, out_q],
+            proc = common.spawn([common.PY, PEERS, kind, AMQP_URL, in_q, out_q,
+                                 "--prefetch", prefetch or "16"],
                                 log=tmp / f"{name}-{kind}.log")
             return await clock(in_q, out_q, n, [proc], timeout)
         finally:
@@ -200,13 +203,17 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", default="1,2,4", help="tieline worker counts per round")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run at most")
+    parser.add_argument("--peers", default="handwritten,faststream",
+                        help="peer consumers per round, each `kind` or `kind@prefetch` (default 16), "
+                             "e.g. handwritten,handwritten@32,faststream")
     parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--stage-times", action="store_true",
                         help="time each delivery stage in the tieline workers (bench/stage_times.py) "
                              "and print the means; the timers cost CPU, so compare no msg/s then")
     args = parser.parse_args()
     ks = [int(k) for k in args.workers.split(",")]
-    labels = [f"tieline x{k}" for k in ks] + ["handwritten", "faststream"]
+    peers = [p for p in args.peers.split(",") if p]
+    labels = [f"tieline x{k}" for k in ks] + peers
     results: dict[str, list[Run]] = {label: [] for label in labels}
     with tempfile.TemporaryDirectory(prefix="tieline-dist-") as d:
         tmp = Path(d)
@@ -224,14 +231,15 @@ async def main() -> None:
     lines = [text, ""]
     if "tieline x1" in med:
         per_round = [results["tieline x1"][i][1] for i in range(args.rounds)]
-        for peer in ("handwritten", "faststream"):
+        for peer in peers:
             ratios = [results[peer][i][1] / per_round[i] for i in range(args.rounds)]
             lines.append(f"- tieline (1 worker) / {peer}: median ratio {common.median(ratios):.2f} "
                          f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})")
         for k in ks[1:]:
             lines.append(f"- tieline {k} workers / 1 worker: {med[f'tieline x{k}'] / med['tieline x1']:.2f}")
-    body = (f"{args.n} messages pre-loaded per run, {args.rounds} rounds alternated; prefetch 16 "
-            "everywhere (tieline: the flow's default concurrency 16); msg/s = N / (first "
+    body = (f"{args.n} messages pre-loaded per run, {args.rounds} rounds alternated; peers: "
+            "prefetch 16 unless named `@N`; tieline: the flow's default concurrency 16 (16 "
+            "handlers at once, prefetch 32 to admit the next ones meanwhile); msg/s = N / (first "
             "consumption → N in the output queue), polled every 20 ms; CPU per message over the "
             "same span from /proc (consumers' processes, beam.smp, redis-server).\n\n"
             + "\n".join(lines))

@@ -271,11 +271,12 @@ class RabbitTransport(Transport):
             self._spawn(self._start_consumer(flow))
 
     async def _start_consumer(self, flow: str) -> None:
-        """A channel per flow: its prefetch (min of prefetch and concurrency) bounds the handlers."""
+        """A channel per flow. ``concurrency`` slots bound the handlers; the prefetch (up to
+        twice that, at most ``prefetch``) lets the next deliveries be admitted meanwhile."""
         handler, concurrency = self._consumers[flow]
         await self.ensure_flow(flow)
         channel: AbstractChannel = await self.connection.channel()
-        await channel.set_qos(prefetch_count=max(1, min(self._prefetch, concurrency)))
+        await channel.set_qos(prefetch_count=max(1, min(self._prefetch, 2 * concurrency)))
         queue = await channel.declare_queue(self.names.flow(flow), passive=True)
         slots = asyncio.Semaphore(concurrency)
 

@@ -1,5 +1,8 @@
 """Taking one RabbitMQ delivery through a handler: parse, wait out its due time, admit, run.
 
+Only the run holds one of the flow's concurrency slots; the steps before it are the
+transport's own work and overlap with other deliveries' runs.
+
 A message whose due time is still a tier or more away is parked again (delays longer than
 the largest tier hop through several); one due within the smallest tier is slept on here.
 A handler that raises is logged and its message retried after CRASH_RETRY_DELAY; a broker or
@@ -32,26 +35,37 @@ CRASH_RETRY_DELAY = 1.0  # seconds before a message whose handler raised runs ag
 async def deliver(
     t: RabbitTransport, handler: Handler, message: AbstractIncomingMessage, slots: asyncio.Semaphore
 ) -> None:
-    async with slots:
-        try:
-            envelope = Envelope.from_json(message.body)
-        except (ValueError, KeyError, TypeError) as exc:  # not ours: park it in the DLQ
-            log.error("transport.bad_message", message_id=message.message_id, error=repr(exc))
-            await message.reject(requeue=False)
+    """Parse, wait out the due time and admit outside ``slots``, then run the handler in one.
+
+    ``slots`` bounds only the handlers (the flow's concurrency: what a sink sees at once). The
+    read-ahead deliveries the channel's prefetch allows beyond it wait for a slot with their
+    record already read, so a slot is not held over that Redis round trip.
+    """
+    try:
+        envelope = Envelope.from_json(message.body)
+    except (ValueError, KeyError, TypeError) as exc:  # not ours: park it in the DLQ
+        log.error("transport.bad_message", message_id=message.message_id, error=repr(exc))
+        await message.reject(requeue=False)
+        return
+    try:
+        delivery = await _admit(t, message, envelope)
+        if delivery is None:
             return
+        async with slots:
+            await run_handler(handler, delivery, lambda why: _crash_retry(t, delivery, why),
+                              passthrough=(TransportError, *OUTAGE))
+    except (TransportError, *OUTAGE) as exc:  # unacked: it comes back
+        log.warning("transport.delivery_interrupted", message_id=envelope.id, error=repr(exc))
         try:
-            await _run(t, handler, message, envelope)
-        except (TransportError, *OUTAGE) as exc:  # unacked: it comes back
-            log.warning("transport.delivery_interrupted", message_id=envelope.id, error=repr(exc))
-            try:
-                await message.nack(requeue=True)
-            except OUTAGE:
-                pass
+            await message.nack(requeue=True)
+        except OUTAGE:
+            pass
 
 
-async def _run(
-    t: RabbitTransport, handler: Handler, message: AbstractIncomingMessage, envelope: Envelope
-) -> None:
+async def _admit(
+    t: RabbitTransport, message: AbstractIncomingMessage, envelope: Envelope
+) -> RabbitDelivery | None:
+    """The delivery to run, or None once the message was parked again or dropped (acked)."""
     headers = message.headers or {}
     due = int(headers.get(H_DUE) or 0) / 1000  # type: ignore[arg-type]
     remaining = due - t.clock()
@@ -60,15 +74,13 @@ async def _run(
             gen = int(headers.get(H_GEN) or 0)  # type: ignore[arg-type]
             await t.publisher.send(envelope, gen=gen, due=due)
             await t.ack(message)
-            return
+            return None
         await asyncio.sleep(remaining)
     admission = await admit(t, message, envelope)
     if admission.envelope is None:
         await t.ack(message)
-        return
-    delivery = RabbitDelivery(t, message, admission.envelope, admission.stored)
-    await run_handler(handler, delivery, lambda why: _crash_retry(t, delivery, why),
-                      passthrough=(TransportError, *OUTAGE))
+        return None
+    return RabbitDelivery(t, message, admission.envelope, admission.stored)
 
 
 async def _crash_retry(t: RabbitTransport, delivery: RabbitDelivery, error: str) -> None:

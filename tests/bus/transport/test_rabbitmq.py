@@ -386,6 +386,43 @@ async def test_backlog_counts_what_is_queued_now(make: Make) -> None:
     assert (await transport.backlog("count"), await transport.backlog()) == (3, 3)
 
 
+async def test_next_deliveries_are_admitted_while_the_slots_are_full(make: Make) -> None:
+    """concurrency bounds the handlers; the prefetch beyond it lets the next deliveries read
+    their records meanwhile, so they start without a Redis round trip of their own."""
+    transport = await make(flows=["ahead"])
+    peeked: list[str] = []
+    real_peek = transport.ledger.peek
+
+    async def peek(message_id: str) -> Any:
+        peeked.append(message_id)
+        return await real_peek(message_id)
+
+    transport.ledger.peek = peek  # type: ignore[method-assign]
+    running, most, release = 0, 0, asyncio.Event()
+
+    async def hold(delivery: Delivery) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await release.wait()
+        running -= 1
+        await complete(delivery)
+
+    rec = Recorder(hold)
+    envs = [Envelope.new("ahead", {"n": i}) for i in range(6)]
+    await transport.publish(envs)
+    transport.consume("ahead", rec, concurrency=2)
+    deadline = time.monotonic() + 10
+    while (len(peeked) < 4 or running < 2) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # time for a third handler to start, were the slots not holding
+    assert (running, len(peeked), await transport.backlog("ahead")) == (2, 4, 2)
+    release.set()
+    done = await rec.take(6)
+    assert sorted(e.id for e in done) == sorted(e.id for e in envs)
+    assert most == 2
+
+
 async def _strand(transport: RabbitTransport, env: Envelope, dedupe_key: str) -> None:
     """What a SIGKILL between the Redis write and the broker's confirm leaves: the record and
     the dedupe key in Redis, nothing in the broker, no undo."""
