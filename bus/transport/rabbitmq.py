@@ -42,7 +42,7 @@ from bus.transport.entries import received_entry
 from bus.transport.rabbitmq_backlog import Backlog
 from bus.transport.rabbitmq_consumer import deliver
 from bus.transport.rabbitmq_delivery import flush, out
-from bus.transport.rabbitmq_ledger import RedisLedger, delete_prefix
+from bus.transport.rabbitmq_ledger import RedisLedger, delete_prefix, warn_if_records_unpacked
 from bus.transport.rabbitmq_publisher import OUTAGE, Publisher
 from bus.transport.rabbitmq_stranded import check_first_copy, sweep_forever
 
@@ -115,6 +115,7 @@ class RabbitTransport(Transport):
             ) from exc
         self.ledger = RedisLedger(self.redis, self.names.prefix, self._ledger_ttl)
         await self.ledger.load_scripts()
+        await warn_if_records_unpacked(self.redis)
         self.dedupe = RedisDedupeStore(self.redis, self.names.prefix)
         self._channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True

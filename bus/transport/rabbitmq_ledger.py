@@ -5,10 +5,13 @@ Keys (``p`` = prefix), each message's keys expire ``ttl`` seconds after its last
 
     p:msg:{id}          hash: envelope (latest, incl. checkpoints), state, gen, sent, outbox,
                         times, error, dead info
-    p:ledger:{id}       list of LedgerEntry JSON, in write order
+    p:ledger:{id}       list of LedgerEntry JSON (``line``: no id, no default fields), in
+                        write order
     p:idx:all / p:idx:flow:{flow} / p:idx:state:{state} / p:idx:corr:{cid}
                         sorted sets of ids by first receipt, for search (pruned past ttl; a
-                        correlation's index expires ttl after its last message instead)
+                        correlation's index expires ttl after its last message instead, and
+                        holds only the messages other than its root, the id it is named by:
+                        a key per root message would be 7 % of each message's memory)
     p:dlq:all / p:dlq:flow:{flow}
                         sorted sets of dead-letter ids by dead_at
     p:unconfirmed       sorted set of ids received at ingress whose broker confirm has not been
@@ -27,6 +30,7 @@ from collections.abc import Iterable, Sequence
 import orjson
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from bus.envelope import Envelope
 from bus.transport.base import LedgerEntry, MessageState
@@ -59,6 +63,21 @@ return ids
 """
 
 
+def line(e: LedgerEntry) -> bytes:
+    """A ledger line as stored: without the message id (the key holds it) and without the
+    fields at their default, which would be over half of a usual line's bytes in Redis."""
+    d: dict[str, object] = {"kind": e.kind, "at": e.at}
+    if e.flow:
+        d["flow"] = e.flow
+    for name in ("step", "attempt", "outcome", "error"):
+        value = getattr(e, name)
+        if value is not None:
+            d[name] = value
+    if e.detail:
+        d["detail"] = e.detail
+    return orjson.dumps(d)
+
+
 def _log_failure(fut: asyncio.Future[object]) -> None:
     """For marks not waited for: a failure is logged (what it costs is in each caller's doc)."""
     if not fut.cancelled() and fut.exception() is not None:
@@ -74,6 +93,30 @@ async def delete_prefix(redis_url: str, prefix: str) -> None:
             await redis.delete(*keys[at : at + 1000])
     finally:
         await redis.aclose()
+
+
+PACKED_VALUE_BYTES = 4096  # the hash-max-listpack-value docs/rabbitmq.md ("Sizing Redis") advises
+
+
+async def warn_if_records_unpacked(redis: Redis) -> None:
+    """Log once at start when Redis would store a usual message record as a hash table.
+
+    A hash holding a value longer than ``hash-max-listpack-value`` (64 bytes by default; an
+    envelope is hundreds) leaves the compact listpack encoding: ~490 bytes more per retained
+    message, a quarter of its memory (bench/retention_size.py). The setting is the server's,
+    so it is only named here; a Redis that refuses CONFIG (managed services) is not asked."""
+    try:
+        got = await redis.config_get("hash-max-listpack-value")
+        value = int(got.get("hash-max-listpack-value", PACKED_VALUE_BYTES))
+    except (ResponseError, ValueError):
+        return
+    if value < 1024:
+        log.warning(
+            "transport.redis_records_unpacked",
+            hash_max_listpack_value=value,
+            advice=f"CONFIG SET hash-max-listpack-value {PACKED_VALUE_BYTES} (and in redis.conf) "
+            "stores each message record about a quarter smaller; see docs/rabbitmq.md, Sizing Redis",
+        )
 
 
 class RedisLedger(LedgerReads):
@@ -102,7 +145,7 @@ class RedisLedger(LedgerReads):
     def _log(self, tx: Tx, entries: Iterable[LedgerEntry]) -> None:
         by_id: dict[str, list[bytes]] = {}
         for e in entries:
-            by_id.setdefault(e.message_id, []).append(orjson.dumps(e.to_dict()))
+            by_id.setdefault(e.message_id, []).append(line(e))
         for mid, lines in by_id.items():
             key = f"{self.p}:ledger:{mid}"
             tx.add("RPUSH", key, *lines)
@@ -143,8 +186,9 @@ class RedisLedger(LedgerReads):
             tx.add("EXPIRE", key, self.ttl)
             tx.add("ZADD", f"{self.p}:idx:all", now, env.id)
             tx.add("ZADD", f"{self.p}:idx:flow:{env.flow}", now, env.id)
-            tx.add("ZADD", f"{self.p}:idx:corr:{env.correlation_id}", now, env.id)
-            tx.add("EXPIRE", f"{self.p}:idx:corr:{env.correlation_id}", self.ttl)
+            if env.correlation_id != env.id:  # a root is found by its own id (``search``)
+                tx.add("ZADD", f"{self.p}:idx:corr:{env.correlation_id}", now, env.id)
+                tx.add("EXPIRE", f"{self.p}:idx:corr:{env.correlation_id}", self.ttl)
             self._index_state(tx, env.id, "queued", now, was=())  # a new id: in no state yet
 
     async def received(

@@ -41,18 +41,20 @@ class Peek:
 _PEEK = ("state", "gen", "sent", "created_at", "envelope", "outbox")
 
 
-def _entry(raw: bytes) -> LedgerEntry:
+def _entry(raw: bytes, mid: str) -> LedgerEntry:
+    """A ledger line as ``rabbitmq_ledger.line`` stores it: fields at their default are left
+    out, and so is the message id, which the key holds (older lines carry every field)."""
     d = orjson.loads(raw)
     return LedgerEntry(
-        message_id=d["message_id"],
+        message_id=d.get("message_id", mid),
         kind=d["kind"],
         at=d["at"],
-        flow=d["flow"],
-        step=d["step"],
-        attempt=d["attempt"],
-        outcome=d["outcome"],
-        error=d["error"],
-        detail=d["detail"],
+        flow=d.get("flow", ""),
+        step=d.get("step"),
+        attempt=d.get("attempt"),
+        outcome=d.get("outcome"),
+        error=d.get("error"),
+        detail=d.get("detail") or {},
     )
 
 
@@ -98,7 +100,7 @@ class LedgerReads:
         )
 
     async def history(self, mid: str) -> list[LedgerEntry]:
-        return [_entry(raw) for raw in await self.r.lrange(self._k("ledger", mid), 0, -1)]
+        return [_entry(raw, mid) for raw in await self.r.lrange(self._k("ledger", mid), 0, -1)]
 
     async def search(
         self,
@@ -142,6 +144,19 @@ class LedgerReads:
                 found.append(rec)
                 if len(found) == limit:
                     break
+        if correlation_id is not None and len(found) < limit:
+            # the root is not in its correlation's index; received first, it is listed last
+            root = await self.get(correlation_id)
+            if (
+                root is not None
+                and root.record.envelope.correlation_id == correlation_id
+                and all(r.envelope.id != correlation_id for r in found)
+                and (since is None or root.created_at >= since)
+                and (until is None or root.created_at < until)
+                and not (flow and root.flow != flow)
+                and not (state and root.record.state is not state)
+            ):
+                found.append(root.record)
         return found
 
     async def dead_summary(self, flow: str) -> tuple[int, float | None]:

@@ -352,3 +352,27 @@ async def test_search_filters(transport: Transport, query: dict, expect: list[st
     await rec.next()
     found = [r.envelope.body["n"] for r in await transport.search(**query)]
     assert found == sorted(expect, key=list(made).index, reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("query", "expect"),
+    [
+        ({}, ["child", "root"]),
+        ({"flow": "a"}, ["root"]),
+        ({"limit": 1}, ["child"]),
+        ({"state": MessageState.DELIVERED}, []),
+    ],
+    ids=["both", "flow", "limit", "state"],
+)
+async def test_search_by_correlation_finds_its_root(
+    transport: Transport, query: dict, expect: list[str]
+) -> None:
+    """A correlation id is its root message's id: searching it lists the root (oldest, last)
+    beside the messages that carry it, under the same filters."""
+    root = Envelope.new("a", {"n": "root"})
+    child = Envelope.new("b", {"n": "child"}, {CORRELATION_ID: root.id})
+    for env in (root, child):
+        await transport.publish([env])
+        await asyncio.sleep(0.002)
+    found = await transport.search(correlation_id=root.id, **query)
+    assert [r.envelope.body["n"] for r in found] == expect

@@ -518,13 +518,15 @@ async def test_prune_trims_the_fixed_indexes_and_correlations_expire(make: Make)
     """prune() trims the receipt, flow and state indexes without walking the keyspace; each
     correlation's index carries the ledger TTL instead (there is one per conversation)."""
     transport = await make(flows=["pruned"])
-    env = Envelope.new("pruned", {"n": 1})
-    await transport.publish([env])
+    root = Envelope.new("pruned", {"n": 0})
+    env = Envelope.new("pruned", {"n": 1}, {"correlation_id": root.id})
+    await transport.publish([root, env])
     p = transport.names.prefix
     redis = Redis.from_url(REDIS_URL)
     try:
-        ttl = await redis.ttl(f"{p}:idx:corr:{env.correlation_id}")
+        ttl = await redis.ttl(f"{p}:idx:corr:{root.id}")
         assert 0 < ttl <= transport.ledger.ttl
+        assert await redis.zrange(f"{p}:idx:corr:{root.id}", 0, -1) == [env.id.encode()]
         indexes = [f"{p}:idx:all", f"{p}:idx:flow:pruned", f"{p}:idx:state:queued"]
         assert None not in [await redis.zscore(k, env.id) for k in indexes]
         await transport.ledger.prune(time.time() + 1, ["pruned"])
