@@ -201,7 +201,7 @@ def start_tieline(config: Path, port: int, log: Path | None = None, *,
         cmd += ["--workers", str(workers)]
     if switch_interval is not None:
         # after tune_process(), which sets the interval the bus runs with (0.001 s)
-        cmd = [PY, "-c", "import sys; import bus.runtime as r; tune = r.tune_process; "
+        cmd = [PY, "-c", "import sys; import bus.launch as r; tune = r.tune_process; "
                f"r.tune_process = lambda: (tune(), sys.setswitchinterval({switch_interval})); "
                "sys.argv = ['tieline', *sys.argv[1:]]; import cli; sys.exit(cli.main())",
                *cmd[1:]]

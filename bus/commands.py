@@ -43,8 +43,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bus.errors import TielineError
+    from bus.launch import run
     from bus.logs import configure
-    from bus.runtime import run
 
     configure(args.log_level, cache=True)
     try:
