@@ -152,7 +152,7 @@ async def durable_hook(request: Request) -> Response:
 
 @contextlib.asynccontextmanager
 async def _writer(app: Starlette):
-    # The interpreter settings `tieline run` uses (bus.runtime.tune_process), for the same
+    # The interpreter settings `tieline run` uses (bus.launch.tune_process), for the same
     # reasons: the writer thread and the loop share the GIL, and each request waiting for its
     # commit holds GC-tracked objects that make the default young collections frequent.
     sys.setswitchinterval(0.001)

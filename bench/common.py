@@ -357,7 +357,7 @@ def serve_ingress_only(config: str, port: int) -> None:
 
     from bus.http.app import build_app
     from bus.logs import configure
-    from bus.runtime import Runtime, tune_process
+    from bus.runtime import Runtime
 
     async def main() -> None:
         runtime = Runtime.from_file(config)
@@ -371,10 +371,20 @@ def serve_ingress_only(config: str, port: int) -> None:
             await runtime.stop()
 
     configure("warning")
-    tune_process()  # as `tieline run` does
+    tune_process()
     uvloop.run(main())
 
 
 if __name__ == "__main__":  # python bench/common.py ingress-only CONFIG PORT
     if sys.argv[1:2] == ["ingress-only"]:
         serve_ingress_only(sys.argv[2], int(sys.argv[3]))
+
+
+def tune_process() -> None:
+    """The interpreter settings `tieline run` uses, here or in a revision before bus/launch.py
+    (``--against``)."""
+    try:
+        from bus.launch import tune_process as tune
+    except ImportError:
+        from bus.runtime import tune_process as tune  # type: ignore[attr-defined,no-redef]
+    tune()

@@ -47,7 +47,7 @@ def child(n: int, sink_port: int, profile: str | None, concurrency: int | None) 
     import uvloop
 
     from bus.logs import configure
-    from bus.runtime import Runtime, tune_process
+    from bus.runtime import Runtime
     from connectors.base import InboundEvent
 
     configure("warning", cache=True)  # as `tieline run` does
@@ -70,7 +70,7 @@ def child(n: int, sink_port: int, profile: str | None, concurrency: int | None) 
         warm_up = getattr(rt.http, "warm_up", None)  # load aiohttp before measuring, as a
         if warm_up is not None:                       # serving bus does once it listens
             warm_up().join()
-        tune_process()
+        c.tune_process()
         import gc
         gc.collect()
         prof = spy = None

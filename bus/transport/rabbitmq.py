@@ -178,6 +178,11 @@ class RabbitTransport(Transport):
         task.add_done_callback(self._tasks.discard)
 
     @property
+    def closing(self) -> bool:
+        """close() has begun: deliveries still waiting for a handler slot go back unstarted."""
+        return self._state != "running"
+
+    @property
     def declared(self) -> frozenset[str]:
         """Flows whose queues this transport declared (configured, published to or consumed)."""
         return frozenset(self._declared)

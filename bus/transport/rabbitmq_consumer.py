@@ -52,6 +52,9 @@ async def deliver(
         if delivery is None:
             return
         async with slots:
+            if t.closing:  # admitted ahead, not started: another worker (or our restart) runs it
+                await message.nack(requeue=True)
+                return
             await run_handler(handler, delivery, lambda why: _crash_retry(t, delivery, why),
                               passthrough=(TransportError, *OUTAGE))
     except (TransportError, *OUTAGE) as exc:  # unacked: it comes back

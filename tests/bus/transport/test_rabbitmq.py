@@ -423,6 +423,32 @@ async def test_next_deliveries_are_admitted_while_the_slots_are_full(make: Make)
     assert most == 2
 
 
+async def test_close_returns_deliveries_admitted_but_not_started(make: Make) -> None:
+    """A delivery read ahead but still waiting for a slot when close() begins is not started:
+    it goes back to the queue for the next worker, so shutdown waits only for running ones."""
+    transport = await make(flows=["closing"])
+    started, release = [], asyncio.Event()
+
+    async def hold(delivery: Delivery) -> None:
+        started.append(delivery.envelope.id)
+        await release.wait()
+        await complete(delivery)
+
+    await transport.publish([Envelope.new("closing", {"n": i}) for i in range(3)])
+    transport.consume("closing", Recorder(hold), concurrency=1)
+    deadline = time.monotonic() + 10
+    while (not started or await transport.backlog("closing") > 1) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert await transport.backlog("closing") == 1  # 1 running, 1 admitted and waiting
+    closing = asyncio.create_task(transport.close(timeout=5.0))
+    await asyncio.sleep(0.2)
+    release.set()
+    await closing
+    assert len(started) == 1
+    after = await make(prefix=transport.names.prefix, flows=["closing"])
+    assert await after.backlog("closing") == 2
+
+
 async def _strand(transport: RabbitTransport, env: Envelope, dedupe_key: str) -> None:
     """What a SIGKILL between the Redis write and the broker's confirm leaves: the record and
     the dedupe key in Redis, nothing in the broker, no undo."""
