@@ -375,11 +375,6 @@ def serve_ingress_only(config: str, port: int) -> None:
     uvloop.run(main())
 
 
-if __name__ == "__main__":  # python bench/common.py ingress-only CONFIG PORT
-    if sys.argv[1:2] == ["ingress-only"]:
-        serve_ingress_only(sys.argv[2], int(sys.argv[3]))
-
-
 def tune_process() -> None:
     """The interpreter settings `tieline run` uses, here or in a revision before bus/launch.py
     (``--against``)."""
@@ -388,3 +383,8 @@ def tune_process() -> None:
     except ImportError:
         from bus.runtime import tune_process as tune  # type: ignore[attr-defined,no-redef]
     tune()
+
+
+if __name__ == "__main__":  # python bench/common.py ingress-only CONFIG PORT
+    if sys.argv[1:2] == ["ingress-only"]:
+        serve_ingress_only(sys.argv[2], int(sys.argv[3]))
