@@ -165,6 +165,7 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> float:
             except httpx.HTTPError:
                 pass
             time.sleep(0.01)
+    stop(proc)  # not left running behind the failed benchmark
     raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
 
 

@@ -69,8 +69,10 @@ def run_wrk(cmd: list[str], timeout: float) -> dict:
     return r
 
 
-def start_servers(tmp: Path, args: argparse.Namespace) -> dict[str, tuple[int, subprocess.Popen]]:
-    servers: dict[str, tuple[int, subprocess.Popen]] = {}
+def start_servers(tmp: Path, args: argparse.Namespace,
+                  servers: dict[str, tuple[int, subprocess.Popen]]) -> None:
+    """Start each server into ``servers`` as it comes up, so the caller stops the ones started
+    even when a later one fails to start."""
     sink_port = c.free_port()
     servers["sink"] = (sink_port, c.start_sink(sink_port, tmp / "sink.log"))
     port = c.free_port()
@@ -108,7 +110,6 @@ def start_servers(tmp: Path, args: argparse.Namespace) -> dict[str, tuple[int, s
                      log=tmp / "nodered.log")
         c.wait_http(f"http://127.0.0.1:{port}/healthz", nr)
         servers["nodered"] = (port, nr)
-    return servers
 
 
 def start_serve_servers(tmp: Path, name: str, sink_url: str,
@@ -215,8 +216,9 @@ def main() -> None:
     signer = c.Signer()
     with tempfile.TemporaryDirectory(prefix="tieline-bench-") as d:
         tmp = Path(d)
-        servers = start_servers(tmp, args)
+        servers: dict[str, tuple[int, subprocess.Popen]] = {}
         try:
+            start_servers(tmp, args, servers)
             if args.profile:
                 c.append_results(f"Ingress profile (py-spy, {args.profile_target})", [c.invocation()],
                                  "\n".join(profile(servers, tmp, args, signer)))
