@@ -237,7 +237,7 @@ def main() -> None:
                     write_pool(pool, args.pool, signer)  # fresh ids and timestamps every run
                     cmd = wrk_cmd(servers[name][0], pool, args)
                     if rnd == 0:
-                        cmds.append(f"# {name}\n" + " ".join(cmd))
+                        cmds.append(f"# {name}\n" + " ".join(cmd).replace(f"{c.BENCH.parent}/", ""))
                     cpu0 = c.cpu_seconds(servers[name][1].pid)
                     r = run_wrk(cmd, args.duration + 60)
                     r["cpu_us"] = (c.cpu_seconds(servers[name][1].pid) - cpu0) / max(r["n202"], 1) * 1e6
