@@ -123,6 +123,13 @@ class LedgerReads:
             index = self._k("idx", "all")
         high = f"({until}" if until is not None else "+inf"
         low = since if since is not None else "-inf"
+        def matches(got: Stored) -> bool:
+            return not (
+                (flow and got.flow != flow)
+                or (state and got.record.state is not state)
+                or (correlation_id and got.record.envelope.correlation_id != correlation_id)
+            )
+
         found: list[MessageRecord] = []
         offset, page = 0, max(limit, 50)
         while len(found) < limit:
@@ -132,16 +139,9 @@ class LedgerReads:
             offset += len(ids)
             for mid in ids:
                 got = await self.get(mid.decode())
-                if got is None:
+                if got is None or not matches(got):
                     continue
-                rec = got.record
-                if (
-                    (flow and got.flow != flow)
-                    or (state and rec.state is not state)
-                    or (correlation_id and rec.envelope.correlation_id != correlation_id)
-                ):
-                    continue
-                found.append(rec)
+                found.append(got.record)
                 if len(found) == limit:
                     break
         if correlation_id is not None and len(found) < limit:
@@ -149,12 +149,10 @@ class LedgerReads:
             root = await self.get(correlation_id)
             if (
                 root is not None
-                and root.record.envelope.correlation_id == correlation_id
-                and all(r.envelope.id != correlation_id for r in found)
+                and matches(root)
+                and all(r.envelope.id != correlation_id for r in found)  # indexed before
                 and (since is None or root.created_at >= since)
                 and (until is None or root.created_at < until)
-                and not (flow and root.flow != flow)
-                and not (state and root.record.state is not state)
             ):
                 found.append(root.record)
         return found
