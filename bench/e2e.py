@@ -351,8 +351,8 @@ def main() -> None:
                 start_rabbitmq(bus, cfg, args, env, tmp)
             else:
                 start_embedded(bus, cfg, args, env, tmp)
-            asyncio.run(gen(url, 100, 3))  # warm up; not counted
-            drain(sink_port, 300, url)
+            warm = asyncio.run(gen(url, 100, 3))  # warm up; not counted
+            drain(sink_port, warm.accepted, url)  # what it sent, not 300: it may send one less
             kinds = cpu_kinds(bus, sink)
             _, idle = metered(kinds, lambda: time.sleep(3))
             cpu_lines += [f"\nCPU per process kind during each fixed-rate run, % of one core "
