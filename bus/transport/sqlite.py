@@ -24,6 +24,7 @@ import structlog
 
 from bus.envelope import Envelope
 from bus.errors import BackpressureError, LeaseLostError, TransportError
+from bus.transport import sqlite_ops as ops
 from bus.transport import sqlite_store as store
 from bus.transport.base import (
     DeadLetter,
@@ -42,6 +43,7 @@ from bus.transport.sqlite_lock import FileLock
 from bus.transport.sqlite_schema import create_schema
 from bus.transport.sqlite_shared import DEFAULT_LEASE, SharedQueues
 from bus.transport.sqlite_writer import Connect, GroupCommitWriter, Reader, Sync
+from bus.transport.sqlite_writer_link import SharedWriter
 
 log = structlog.get_logger()
 
@@ -83,7 +85,9 @@ class SqliteTransport(Transport):
         self.connect = connect
         self._dedupe_window = dedupe_window
         self._retention = retention
-        self.writer = GroupCommitWriter(self.path, connect, sync, SHARED_LINGER if shared else 0.0)
+        own = GroupCommitWriter(self.path, connect, sync, SHARED_LINGER if shared else 0.0, self)
+        # Shared, one process commits for all of them (sqlite_writer_link); alone, it is this one.
+        self.writer: GroupCommitWriter | SharedWriter = SharedWriter(own, self.path) if shared else own
         self.reader = Reader(self.path, connect, sync)
         self.stats = self.writer.stats
         # Alone, a timer wakes its queue itself, so the poll only bounds a jumping clock; shared,
@@ -145,7 +149,7 @@ class SqliteTransport(Transport):
     ) -> PublishResult:
         envs = list(envelopes)
         with self.queues.reserving(len(envs)):
-            job = _Publish(self, envs, dedupe_key, self.clock(), delay, entries)
+            job = Publish(self, envs, dedupe_key, self.clock(), delay, entries)
             outcome = await self.writer.submit(job)
         if isinstance(outcome, _OverBound):
             raise BackpressureError(
@@ -266,44 +270,14 @@ class SqliteTransport(Transport):
             )
         now = self.clock()
 
-        def work(conn) -> Envelope | None:
-            stored = store.dead_envelope(conn, message_id)
-            if stored is None:
-                return None
-            again = envelope if envelope is not None else stored.evolve(attempt=1)
-            store.requeue(conn, again, now)
-            store.insert_ledger(
-                conn,
-                [
-                    LedgerEntry(
-                        message_id,
-                        "replayed",
-                        now,
-                        flow=again.flow,
-                        attempt=again.attempt,
-                        detail={"cursor": again.cursor},
-                    )
-                ],
-            )
-            return again
-
         def after(again: Envelope | None) -> None:
             if again is not None:
                 self.enqueue(again, now)
 
-        return await self.writer.write(work, after) is not None
+        return await self.writer.call(ops.replay, (message_id, envelope, now), after) is not None
 
     async def purge(self, message_ids: Sequence[str]) -> int:
-        now = self.clock()
-
-        def work(conn) -> int:
-            found = store.purge_dead(conn, message_ids, now)
-            store.insert_ledger(
-                conn, [LedgerEntry(mid, "purged", now, flow=fl) for mid, fl in found]
-            )
-            return len(found)
-
-        return await self.writer.write(work)
+        return await self.writer.call(ops.purge, (list(message_ids), self.clock()))
 
     # ----- state ------------------------------------------------------------------------
     async def backlog(self, flow: str | None = None) -> int:
@@ -319,9 +293,9 @@ class _OverBound:
         self.backlog = backlog
 
 
-class _Publish:
+class Publish:
     """One publish as a write job (sqlite_writer.Job): its SQL on the writer thread and, once
-    committed, its enqueue on the loop. One slotted object rather than closures and a job
+    committed, its enqueue on the loop (``ops.publish`` when another process writes). One slotted object rather than closures and a job
     record: a publish waits about a commit cycle, and everything it holds meanwhile is work
     for the garbage collector (closures over these values were a dozen tracked cells)."""
 
@@ -368,6 +342,9 @@ class _Publish:
             conn, [*(received_entry(e, now, self.delay) for e in envs), *self.entries]
         )
         return None
+
+    def operation(self) -> tuple[ops.Op, tuple]:
+        return ops.publish, (self.envs, self.dedupe_key, self.now, self.delay, list(self.entries))
 
     def after(self, outcome: list[str] | _OverBound | None) -> None:
         if outcome is None:

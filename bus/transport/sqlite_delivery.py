@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from bus.envelope import Envelope
 from bus.errors import LeaseLostError
-from bus.transport import sqlite_store as store
+from bus.transport import sqlite_ops as ops
 from bus.transport.base import Delivery, LedgerEntry, MessageState
 from bus.transport.entries import (
     check_ending,
@@ -36,10 +36,10 @@ class SqliteDelivery(Delivery):
         self._owner = transport.owner
         self._ended = False
 
-    async def _end(self, work, after) -> None:
+    async def _end(self, op: ops.Op, args: tuple, after) -> None:
         self._ended = True  # claimed now so a second ending call fails fast
         try:
-            await self._t.writer.write(work, after)
+            await self._t.writer.call(op, args, after)
         except LeaseLostError:
             raise  # over: another process has the message
         except BaseException:
@@ -48,14 +48,9 @@ class SqliteDelivery(Delivery):
 
     async def checkpoint(self, envelope: Envelope, entries: Sequence[LedgerEntry] = ()) -> None:
         self._check(envelope, "checkpoint")
-        now = self._t.clock()
-
-        def work(conn) -> None:
-            store.update_message(conn, envelope, now, owner=self._owner)
-            store.insert_ledger(conn, entries)
-
+        args = (envelope, self._t.clock(), self._owner, list(entries))
         try:
-            await self._t.writer.write(work)
+            await self._t.writer.call(ops.checkpoint, args)
         except LeaseLostError:
             self._ended = True  # another process has the message: nothing more to record here
             raise
@@ -74,18 +69,12 @@ class SqliteDelivery(Delivery):
         lines = complete_lines(envelope, state, now, entries, emit)
         children = [(child, now + max(delay, 0.0)) for child, delay in emit]
 
-        def work(conn) -> None:
-            store.update_message(conn, envelope, now, state=state, owner=self._owner, release=True)
-            if children:
-                store.insert_messages(conn, children, now)
-            store.insert_ledger(conn, lines)
-
         def after(_: None) -> None:
             self._t.settled(envelope.flow)
             for child, available_at in children:
                 self._t.enqueue(child, available_at)
 
-        await self._end(work, after)
+        await self._end(ops.complete, (envelope, now, state, self._owner, children, lines), after)
         self.current = envelope
 
     async def retry(
@@ -96,16 +85,10 @@ class SqliteDelivery(Delivery):
         available_at = now + max(delay, 0.0)
         lines = retry_lines(envelope, now, delay, available_at, entries)
 
-        def work(conn) -> None:
-            store.update_message(
-                conn, envelope, now, available_at=available_at, owner=self._owner, release=True
-            )
-            store.insert_ledger(conn, lines)
-
         def after(_: None) -> None:
             self._t.enqueue(envelope, available_at, new=False)
 
-        await self._end(work, after)
+        await self._end(ops.retry, (envelope, now, available_at, self._owner, lines), after)
         self.current = envelope
 
     async def dead(
@@ -119,16 +102,9 @@ class SqliteDelivery(Delivery):
         now = self._t.clock()
         step, lines = dead_lines(envelope, now, error, entries)
 
-        def work(conn) -> None:
-            store.update_message(
-                conn, envelope, now, state=MessageState.DEAD, error=error, owner=self._owner,
-                release=True,
-            )
-            store.insert_dead(conn, envelope, step, error, error_chain, now)
-            store.insert_ledger(conn, lines)
-
         def after(_: None) -> None:
             self._t.settled(envelope.flow)
 
-        await self._end(work, after)
+        args = (envelope, now, error, list(error_chain), step, self._owner, lines)
+        await self._end(ops.dead, args, after)
         self.current = envelope

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from bus.envelope import Envelope
 from bus.errors import BackpressureError
-from bus.transport import sqlite_claims as claims
+from bus.transport import sqlite_ops as ops
 from bus.transport import sqlite_store as store
 from bus.transport.base import Handler
 from bus.transport.sqlite_scheduler import FlowQueue
@@ -44,7 +44,7 @@ class LocalQueues:
     async def start(self) -> None:
         """Load every queued message; leases left by processes that shared the file are void."""
         now = self._clock()
-        await self._t.writer.write(lambda conn: claims.clear_leases(conn, now))
+        await self._t.writer.call(ops.clear_leases, (now,))
         for envelope, available_at in await self._t.reader.read(store.load_queued):
             self.enqueue(envelope, available_at)
         self._running = True

@@ -36,6 +36,7 @@ from bus.envelope import Envelope, new_id
 from bus.errors import TransportError
 from bus.transport import sqlite_claims as claims
 from bus.transport import sqlite_doorbell as doorbell
+from bus.transport import sqlite_ops as ops
 from bus.transport.base import Handler
 from bus.transport.sqlite_writer import open_connection
 
@@ -98,14 +99,8 @@ class SharedQueues:
     async def release_held(self) -> None:
         """Give back the leases of messages cut off by close(): they are due again at once."""
         ids = [mid for held in self._held.values() for mid in held]
-        now, owner = self._clock(), self.owner
-
-        def work(conn: sqlite3.Connection) -> None:
-            claims.release(conn, owner, now, ids)
-            doorbell.unregister(conn, [owner])
-
         await asyncio.gather(*self._chores, return_exceptions=True)
-        await self._t.writer.write(work)
+        await self._t.writer.call(ops.release, (self.owner, self._clock(), ids))
         self._bell.close()
         if self._watch is not None:
             self._watch.close()
@@ -141,13 +136,13 @@ class SharedQueues:
         return self._watch_conn().execute("SELECT owner, address FROM doorbells").fetchall()
 
     def _bells_gone(self, owners: list[str]) -> None:
-        self._chore(lambda conn: doorbell.unregister(conn, owners))
+        self._chore(ops.ring_unregister, (owners,))
 
-    def _chore(self, work: Callable[[sqlite3.Connection], object]) -> None:
+    def _chore(self, op: ops.Op, args: tuple) -> None:
         """A write nobody waits for (bookkeeping); a failure is logged, the next one may do it."""
         async def run() -> None:
             try:
-                await self._t.writer.write(work)
+                await self._t.writer.call(op, args)
             except TransportError as exc:
                 log.warning("transport.bookkeeping_failed", owner=self.owner, error=str(exc))
 
@@ -175,8 +170,7 @@ class SharedQueues:
     def _spawn(self) -> None:
         address = self._bell.listen(self._wake.set)
         if address is not None:
-            owner = self.owner
-            self._chore(lambda conn: doorbell.register(conn, owner, address))
+            self._chore(ops.ring_register, (self.owner, address))
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._dispatch(), name="tieline-claims"),
@@ -239,12 +233,7 @@ class SharedQueues:
 
     async def _claim(self, wanted: dict[str, int], now: float) -> dict[str, list[Envelope]]:
         """Claim up to ``wanted[flow]`` due messages per flow, in the next group commit."""
-        owner, until = self.owner, now + self._lease
-
-        def work(conn: sqlite3.Connection) -> dict[str, list[Envelope]]:
-            return {f: claims.claim(conn, f, owner, now, until, n) for f, n in wanted.items()}
-
-        return await self._t.writer.write(work)
+        return await self._t.writer.call(ops.claim, (wanted, self.owner, now, now + self._lease))
 
     def _start(self, flow: str) -> None:
         """Start handlers on ``flow``'s claimed messages while it has free slots."""
@@ -271,21 +260,14 @@ class SharedQueues:
             ids = [mid for held in self._held.values() for mid in held]
             if not ids:
                 continue
-            owner, until = self.owner, self._clock() + self._lease
             try:
-                await self._t.writer.write(lambda conn: claims.renew(conn, owner, ids, until))  # noqa: B023
+                await self._t.writer.call(ops.renew, (self.owner, ids, self._clock() + self._lease))
             except TransportError as exc:  # the disk, say: try again next round
                 log.warning("transport.lease_renewal_failed", owner=self.owner, error=str(exc))
 
     async def release(self, owner: str) -> int:
         """Give back every lease ``owner`` holds (a supervisor, after that worker died)."""
-        now = self._clock()
-
-        def work(conn: sqlite3.Connection) -> int:
-            doorbell.unregister(conn, [owner])
-            return claims.release(conn, owner, now)
-
-        released = await self._t.writer.write(work)
+        released = await self._t.writer.call(ops.release, (owner, self._clock(), None))
         if released:
             self._bell.ring_soon(self._bells, self._bells_gone)
         return released

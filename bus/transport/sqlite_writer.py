@@ -42,13 +42,17 @@ def open_connection(path: Path, connect: Connect | None, sync: Sync) -> sqlite3.
 
 class Job(Protocol):
     """A write job: ``work`` runs in a batch on the writer thread, ``after`` on the loop once
-    the batch committed; ``future`` (set by the writer) gets ``work``'s result."""
+    the batch committed; ``future`` (set by the writer) gets ``work``'s result.
+    ``operation`` is the same write as a named operation and its arguments (``sqlite_ops``),
+    for when another process writes for this one (``sqlite_writer_link``)."""
 
     future: asyncio.Future[Any]
 
     def work(self, conn: sqlite3.Connection) -> Any: ...
 
     def after(self, result: Any) -> None: ...
+
+    def operation(self) -> tuple[Callable[..., Any], tuple]: ...
 
 
 @dataclass(slots=True)
@@ -83,8 +87,10 @@ class GroupCommitWriter:
     CPU per message −45 %, p99 +6 ms). A lone message at idle never waits.
     """
 
-    def __init__(self, path: Path, connect: Connect | None, sync: Sync, linger: float = 0.0):
+    def __init__(self, path: Path, connect: Connect | None, sync: Sync, linger: float = 0.0,
+                 context: Any = None):
         self._path = path
+        self.context = context  # the transport handed to named operations (``call``)
         self._linger = linger
         self._last_commit = float("-inf")
         self._connect = connect
@@ -119,6 +125,12 @@ class GroupCommitWriter:
     ) -> T:
         """Run ``work`` in the next batch; ``after(result)`` runs on the loop once committed."""
         return await self.submit(_Job(work, after))
+
+    def call(self, op: Callable[..., T], args: tuple,
+             after: Callable[[T], None] | None = None) -> asyncio.Future[T]:
+        """Run the named operation ``op(context, conn, *args)`` (``sqlite_ops``) in the next batch."""
+        context = self.context
+        return self.submit(_Job(lambda conn: op(context, conn, *args), after))
 
     def submit(self, job: Job) -> asyncio.Future[Any]:
         """Queue ``job`` for the next batch; returns its future, also set as ``job.future``.

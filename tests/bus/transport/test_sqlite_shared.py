@@ -66,12 +66,14 @@ async def test_two_processes_run_each_message_once(tmp_path: Path) -> None:
         await b.close()
 
 
-def _hold_in_child(db: Path, lease: float, env: dict[str, str] | None = None) -> subprocess.Popen:
+async def _hold_in_child(db: Path, lease: float, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The child starts while this loop runs: it writes through this process (the host)."""
     proc = subprocess.Popen(
         [sys.executable, str(CHILD), str(db), str(lease)], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
-    assert proc.stdout.readline() == b"ready\n", proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)  # type: ignore[union-attr]
+    assert line == b"ready\n", proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
     return proc
 
 
@@ -86,7 +88,7 @@ async def test_a_killed_process_messages_run_after_its_lease(tmp_path: Path) -> 
     db = tmp_path / "bus.sqlite3"
     ours = await shared(db)
     env = Envelope.new("held", {})
-    child = _hold_in_child(db, lease=1.0)
+    child = await _hold_in_child(db, lease=1.0)
     try:
         await ours.publish([env])
         assert await _claimed(child) == env.id
@@ -112,7 +114,7 @@ async def test_release_runs_a_dead_workers_messages_at_once(tmp_path: Path) -> N
     db = tmp_path / "bus.sqlite3"
     ours = await shared(db)
     env = Envelope.new("held", {})
-    child = _hold_in_child(db, lease=3600.0, env={WORKER_ID_ENV: "worker-7"})
+    child = await _hold_in_child(db, lease=3600.0, env={WORKER_ID_ENV: "worker-7"})
     try:
         await ours.publish([env])
         assert await _claimed(child) == env.id
