@@ -15,6 +15,7 @@ processes use the file:
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +52,9 @@ CRASH_RETRY_DELAY = 1.0  # seconds before a message whose handler raised runs ag
 DEDUPE_EXPIRY_EVERY = 60.0  # housekeeping (expired dedupe keys, finished messages) this often,
 # or every second while a pass hits store.PRUNE_BATCH
 SHARED_LINGER = 0.003  # seconds a small batch waits for company on a shared file (sqlite_writer)
+# "1": on a shared file, one process writes for all (sqlite_writer_link). Off by default: at
+# 1,000 msg/s with --workers 2 it did not yet beat every process writing itself (RESULTS.md).
+ONE_WRITER_ENV = "TIELINE_ONE_WRITER"
 
 
 class SqliteTransport(Transport):
@@ -60,6 +64,8 @@ class SqliteTransport(Transport):
     a claimed message stays with a process that stops renewing it (shared only).
     ``connect`` (tests, tooling) builds each sqlite3 connection instead of ``sqlite3.connect``.
     ``stats`` counts commits and write jobs: jobs/commits is the group-commit factor.
+    ``one_writer`` (shared only; default: the TIELINE_ONE_WRITER environment variable is "1"):
+    the processes on the file hand their writes to one of them (``sqlite_writer_link``).
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class SqliteTransport(Transport):
         connect: Connect | None = None,
         shared: bool = False,
         lease: float = DEFAULT_LEASE,
+        one_writer: bool | None = None,
     ):
         if sync not in ("full", "normal"):
             raise ValueError(f"SqliteTransport: sync={sync!r} is not 'full' or 'normal'")
@@ -86,8 +93,11 @@ class SqliteTransport(Transport):
         self._dedupe_window = dedupe_window
         self._retention = retention
         own = GroupCommitWriter(self.path, connect, sync, SHARED_LINGER if shared else 0.0, self)
-        # Shared, one process commits for all of them (sqlite_writer_link); alone, it is this one.
-        self.writer: GroupCommitWriter | SharedWriter = SharedWriter(own, self.path) if shared else own
+        if one_writer is None:
+            one_writer = os.environ.get(ONE_WRITER_ENV) == "1"
+        # one_writer: one process commits for all sharing the file (sqlite_writer_link)
+        self.writer: GroupCommitWriter | SharedWriter = (
+            SharedWriter(own, self.path) if shared and one_writer else own)
         self.reader = Reader(self.path, connect, sync)
         self.stats = self.writer.stats
         # Alone, a timer wakes its queue itself, so the poll only bounds a jumping clock; shared,

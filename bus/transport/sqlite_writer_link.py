@@ -3,7 +3,8 @@
 SQLite lets one connection write at a time, and it does not queue the processes waiting for
 the lock: measured at 1,000 msg/s with ``--workers 2``, each commit waited 1–4.5 ms for the
 lock, three processes made ~200 commits/s between them, and p99 latency swung from 0.2 to
-1.7 s (bench/RESULTS.md, session 7). So on a shared file, one process writes for all:
+1.7 s (bench/RESULTS.md, session 7). So with ``one_writer`` (``TIELINE_ONE_WRITER=1``; off by
+default until it measures faster: RESULTS.md, session 8), one process writes for all:
 
 - every process opens its own group-commit writer (it creates the schema as before), then
   tries to bind the file's **writer address**, a Unix stream socket in Linux's abstract

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from bus.envelope import Envelope
 from bus.errors import BackpressureError, LeaseLostError, TransportError
 from bus.transport.base import Delivery, MessageState
-from bus.transport.sqlite import SqliteTransport
+from bus.transport.sqlite import ONE_WRITER_ENV, SqliteTransport
 from bus.transport.sqlite_writer_link import writer_address
 
 from .conftest import Recorder, complete
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 
 
 async def shared(path: Path, **options: object) -> SqliteTransport:
-    transport = SqliteTransport(path, shared=True, **options)  # type: ignore[arg-type]
+    transport = SqliteTransport(path, shared=True, one_writer=True, **options)  # type: ignore[arg-type]
     await transport.start()
     return transport
 
@@ -122,7 +123,7 @@ async def test_a_killed_host_costs_only_what_it_had_not_answered(tmp_path: Path)
     db = tmp_path / "bus.sqlite3"
     child = subprocess.Popen(
         [sys.executable, str(CHILD), str(db), "30"], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT), ONE_WRITER_ENV: "1"},
     )
     try:
         line = None
@@ -177,3 +178,18 @@ async def test_another_user_is_refused(tmp_path: Path) -> None:
         assert out.strip() == b"b''"  # closed without a hello
     finally:
         await host.close()
+
+
+async def test_four_processes_starting_together_elect_one_host_and_all_close(tmp_path: Path) -> None:
+    """Hosts closing while others link to them: every process's close-time writes land."""
+    from .test_sqlite_shared import OPEN_AT
+
+    for attempt in range(5):
+        db = tmp_path / f"new{attempt}.sqlite3"
+        at = str(time.time() + 1.0)
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, str(db), at],
+                                  stderr=subprocess.PIPE,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT), ONE_WRITER_ENV: "1"})
+                 for _ in range(4)]
+        errors = [p.communicate(timeout=30)[1].decode()[-500:] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, errors
