@@ -21,18 +21,15 @@ from bus.transport.sqlite import ONE_WRITER_ENV, SqliteTransport
 from bus.transport.sqlite_writer_link import writer_address
 
 from .conftest import Recorder, complete
-
-ROOT = Path(__file__).resolve().parents[3]
-CHILD = Path(__file__).with_name("shared_child.py")
+from .test_sqlite_shared import CHILD, OPEN_AT, ROOT
+from .test_sqlite_shared import shared as shared_file
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the writer address is an abstract Unix socket (Linux)")
 
 
 async def shared(path: Path, **options: object) -> SqliteTransport:
-    transport = SqliteTransport(path, shared=True, one_writer=True, **options)  # type: ignore[arg-type]
-    await transport.start()
-    return transport
+    return await shared_file(path, one_writer=True, **options)
 
 
 async def test_the_second_process_writes_through_the_first(tmp_path: Path) -> None:
@@ -182,8 +179,6 @@ async def test_another_user_is_refused(tmp_path: Path) -> None:
 
 async def test_four_processes_starting_together_elect_one_host_and_all_close(tmp_path: Path) -> None:
     """Hosts closing while others link to them: every process's close-time writes land."""
-    from .test_sqlite_shared import OPEN_AT
-
     for attempt in range(5):
         db = tmp_path / f"new{attempt}.sqlite3"
         at = str(time.time() + 1.0)
