@@ -53,7 +53,8 @@ class _Connection(asyncio.Protocol):
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
-        self._head_bytes = 0
+        self._head_bytes = 0  # raw bytes received while the head was open
+        self._head_size = 0  # the parsed head's size
         self._head_done = False
         self._framed = False  # Content-Length or chunked: else the body runs to the close
         self._received = False
@@ -69,18 +70,21 @@ class _Connection(asyncio.Protocol):
             return
         self._received = True
         self._last_read = self.pool.loop.time()
-        if not self._head_done:
+        head_open = not self._head_done
+        if head_open:
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD and b"\r\n\r\n" not in data:
-                self._fail(httpx.RemoteProtocolError(
-                    f"response head larger than {MAX_HEAD} bytes"))
-                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("the server switched protocols"))
+            return
         except httptools.HttpParserError as exc:
             self._fail(httpx.RemoteProtocolError(f"malformed response: {exc}"))
+            return
+        # Raw bytes while the head is still open; its parsed size once it closed in this chunk
+        # (that chunk may carry much of the body too).
+        if head_open and (self._head_size if self._head_done else self._head_bytes) > MAX_HEAD:
+            self._fail(httpx.RemoteProtocolError(f"response head larger than {MAX_HEAD} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool._forget(self)
@@ -100,6 +104,7 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
         self._head_done = True
@@ -199,6 +204,7 @@ class H1Pool:
         self._socket_factory = socket_factory or _plain_socket
         self._idle: dict[tuple, list[_Connection]] = {}
         self._open: set[_Connection] = set()
+        self._dialing = 0  # connects under way: they count against the cap too
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.closed = False
 
@@ -253,8 +259,13 @@ class H1Pool:
                     conn = self._take_idle(key)
                     if conn is not None:
                         return conn
-                    if not self.limit or len(self._open) < self.limit:
-                        return await self._dial(key, connect)
+                    if not self.limit or len(self._open) + self._dialing < self.limit:
+                        self._dialing += 1
+                        try:
+                            return await self._dial(key, connect)
+                        finally:
+                            self._dialing -= 1
+                            self._wake()  # a failed dial leaves room; a good one is in _open
                     other = next((idle[0] for k, idle in self._idle.items() if k != key and idle), None)
                     if other is not None:  # room made by an idle connection to another origin
                         other._close()
@@ -310,9 +321,8 @@ class H1Pool:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 async with asyncio.timeout(connect):
                     await self.loop.sock_connect(sock, (ip, port))
-                    conn = _Connection(self, key)
-                    await self.loop.create_connection(
-                        lambda: conn, sock=sock, ssl=tls,
+                    _, conn = await self.loop.create_connection(
+                        lambda: _Connection(self, key), sock=sock, ssl=tls,
                         server_hostname=host if tls is not None else None)
             except TimeoutError as exc:
                 sock.close()
