@@ -1,5 +1,7 @@
 """Client-side CPU per outbound HTTP request: httpx, aiohttp and tieline's outbound client.
 
+"tieline plain path" is what the http connector sends through that client when the call
+needs none of httpx's machinery (``bus.security.plain_request``, then ``bus.security.h1``).
 "tieline outbound client" is the client connectors get, built by ``bus.runtime.outbound_client``
 from a flows.yaml that allow-lists 127.0.0.1 (so the SSRF guard runs as in production). Each
 client POSTs a small JSON body ``-n`` times, 16 at a time, to the latency sink on
@@ -41,6 +43,18 @@ async def run():
         client = outbound_client(config)
         async def post():
             await client.post(URL + "/x", json={"sent": time.time()})
+    elif KIND == "tieline-plain":  # what the http connector sends: plain_request, then bus.security.h1
+        import orjson
+        from bus.config.loader import load_config
+        from bus.runtime import outbound_client
+        from bus.security.plain_request import plain_request
+        from connectors.registry import ConnectorRegistry
+        config = load_config(CONFIG, connector_types=ConnectorRegistry.from_entry_points().types)
+        client = outbound_client(config)
+        async def post():
+            plain = plain_request(client, "POST", URL + "/x", content=orjson.dumps({"sent": time.time()}),
+                                  headers=[("content-type", "application/json")], timeout=5.0)
+            await plain.send()
     else:
         import aiohttp
         client = aiohttp.ClientSession(URL)
@@ -81,7 +95,7 @@ def one(kind: str, url: str, n: int, pythonpath: str | None, config: Path) -> fl
     return float(m.group(1))
 
 
-NAMES = {"tieline": "tieline outbound client"}
+NAMES = {"tieline": "tieline outbound client", "tieline-plain": "tieline plain path (http connector)"}
 
 
 def main() -> None:
@@ -90,7 +104,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sniffio", default=None, help="a dir with sniffio installed")
     args = ap.parse_args()
-    variants = [("httpx", None), ("tieline", None), ("aiohttp", None)]
+    variants = [("httpx", None), ("tieline", None), ("tieline-plain", None), ("aiohttp", None)]
     if args.sniffio:
         variants.insert(1, ("httpx", args.sniffio))
     runs: dict[str, list[float]] = {}
