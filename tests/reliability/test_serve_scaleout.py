@@ -53,8 +53,10 @@ async def test_two_servers_share_a_port_and_survive_one_kill(tmp_path: Path, sin
             await until(lambda: len(load.acked) >= MESSAGES // 3 or sending.done(), 60, "33% acks")
             used = [cpu_seconds(s.pid) - before for s, before in zip(servers, idle, strict=True)]
             notes.append(f"CPU seconds each server used until the kill: {used[0]:.2f}, {used[1]:.2f}")
-            # The kernel spread the connections: both servers took requests.
-            assert min(used) > 0.05, notes[-1]
+            # The kernel spread the connections: both servers took requests. The split of 16
+            # keep-alive connections is the kernel's hash, once seen as 0.04 s against 0.40 s,
+            # so the floor is "more than an idle server uses", not a fair share.
+            assert min(used) > 0.02, notes[-1]
             procs.kill(servers[0])
             notes.append(f"server 1 SIGKILLed at {len(load.acked)} acknowledged")
             await asyncio.wait_for(sending, 120)
