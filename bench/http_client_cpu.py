@@ -1,5 +1,7 @@
 """Client-side CPU per outbound HTTP request: httpx, aiohttp and tieline's outbound client.
 
+"tieline vendor connector path" is what the vendor connectors send: ``client.build_request``,
+then ``connectors.http_calls.send`` (through ``plain_request.send_built`` when the client is plain).
 "tieline plain path" is what the http connector sends through that client when the call
 needs none of httpx's machinery (``bus.security.plain_request``, then ``bus.security.h1``).
 "tieline outbound client" is the client connectors get, built by ``bus.runtime.outbound_client``
@@ -29,6 +31,9 @@ import asyncio, sys, time
 N, URL, KIND, CONFIG = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 
 async def run():
+    if KIND.startswith("tieline"):  # as `tieline run` logs: debug lines (one per call) are filtered
+        from bus.logs import configure
+        configure("warning", cache=True)
     sem = asyncio.Semaphore(16)
     if KIND == "httpx":
         import httpx
@@ -55,6 +60,16 @@ async def run():
             plain = plain_request(client, "POST", URL + "/x", content=orjson.dumps({"sent": time.time()}),
                                   headers=[("content-type", "application/json")], timeout=5.0)
             await plain.send()
+    elif KIND == "tieline-built":  # what vendor connectors send: build_request, connectors.http_calls.send
+        from bus.config.loader import load_config
+        from bus.runtime import outbound_client
+        from connectors.http_calls import send
+        from connectors.registry import ConnectorRegistry
+        config = load_config(CONFIG, connector_types=ConnectorRegistry.from_entry_points().types)
+        client = outbound_client(config)
+        async def post():
+            await send(client, client.build_request("POST", URL + "/x", json={"sent": time.time()}),
+                       name="bench")
     else:
         import aiohttp
         client = aiohttp.ClientSession(URL)
@@ -95,7 +110,8 @@ def one(kind: str, url: str, n: int, pythonpath: str | None, config: Path) -> fl
     return float(m.group(1))
 
 
-NAMES = {"tieline": "tieline outbound client", "tieline-plain": "tieline plain path (http connector)"}
+NAMES = {"tieline": "tieline outbound client", "tieline-plain": "tieline plain path (http connector)",
+         "tieline-built": "tieline vendor connector path (build_request + send)"}
 
 
 def main() -> None:
@@ -104,7 +120,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sniffio", default=None, help="a dir with sniffio installed")
     args = ap.parse_args()
-    variants = [("httpx", None), ("tieline", None), ("tieline-plain", None), ("aiohttp", None)]
+    variants = [("httpx", None), ("tieline", None), ("tieline-plain", None), ("tieline-built", None),
+                ("aiohttp", None)]
     if args.sniffio:
         variants.insert(1, ("httpx", args.sniffio))
     runs: dict[str, list[float]] = {}

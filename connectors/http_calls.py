@@ -40,12 +40,21 @@ async def send(
 ) -> httpx.Response:
     """Send ``request``; raise Retryable/Permanent errors naming connector and host, never secrets."""
     target = f"connector {name!r}: {request.method} {where(request.url)}"
-    response = await transported(client.send(request), target, secrets)
+    response = await transported(_sent(client, request), target, secrets)
     log.debug("http_call", connector=name, method=request.method, target=where(request.url),
               status=response.status_code)
     if response.status_code >= 400:
         raise failure(response, target, secrets)
     return response
+
+
+async def _sent(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """``client.send(request)``, through the plain path when the client needs none of its steps
+    (bus.security.plain_request.send_built: a quarter of the CPU)."""
+    from bus.security.plain_request import send_built  # loads aiohttp: on the first call
+
+    response = await send_built(client, request)
+    return response if response is not None else await client.send(request)
 
 
 async def transported(pending: Awaitable[T], target: str, secrets: Iterable[str]) -> T:

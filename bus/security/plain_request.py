@@ -75,6 +75,33 @@ def plain_request(client: typing.Any, method: str, url: str, *,
     return PlainRequest(client, transport, method, target, auto + wire, content or None, timeout)
 
 
+async def send_built(client: typing.Any, request: httpx.Request) -> httpx.Response | None:
+    """``await client.send(request)`` for a request ``client.build_request`` made, through the
+    client's transport's :meth:`~AiohttpTransport.fetch` when sending needs none of the client's
+    machinery (see :func:`plain_transport`) and the body is already in memory; None otherwise
+    (send with the client then). The response is read, as ``client.send`` reads it."""
+    transport = plain_transport(client)
+    if transport is None or "sni_hostname" in request.extensions:
+        return None
+    try:
+        content = request.content
+    except httpx.RequestNotRead:  # a streamed body: the client sends it
+        return None
+    enc = request.headers.encoding
+    headers = [(k.decode(enc), v.decode(enc)) for k, v in request.headers.raw]
+    target = transport.target(str(request.url))
+    if not target.plain or not ascii_headers(headers):
+        return None
+    reply = await transport.fetch(request.method, target, headers, content or None,
+                                  request.extensions.get("timeout") or {})
+    reply.default_encoding = getattr(client, "_default_encoding", "utf-8")
+    response = reply.response()
+    response.request = request
+    if "set-cookie" in reply.headers:  # for a jar that keeps them (the shared one does not)
+        client.cookies.extract_cookies(response)
+    return response
+
+
 class PlainRequest:
     """One request from :func:`plain_request`; :meth:`send` is the client's ``send`` for it."""
 

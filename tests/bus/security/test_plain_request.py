@@ -13,7 +13,7 @@ import pytest
 
 from bus.security.aiohttp_transport import AiohttpTransport, aiohttp_client
 from bus.security.netguard import BlockedAddressError, guarded_client
-from bus.security.plain_request import plain_request, plain_transport
+from bus.security.plain_request import plain_request, plain_transport, send_built
 from connectors.testing.server import free_port
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
@@ -230,3 +230,33 @@ async def test_transport_failures_are_the_clients_exceptions(wire):
         wire.answers = [b""]  # reads the request, never answers
         with pytest.raises(httpx.ReadTimeout):
             await plain_request(client, "GET", wire.url, headers=[], content=None, timeout=0.2).send()
+
+
+@pytest.mark.parametrize("build", [
+    dict(method="POST", url="/orders", json={"a": 1}, headers={"Idempotency-Key": "k"}),
+    dict(method="POST", url="/form", data={"To": "+1", "Body": "hi"}, params={"x": "1"}),
+    dict(method="GET", url="/cgi-bin/sendsms", params={"to": "+1 2", "text": "ü"}),
+    dict(method="DELETE", url="/x"),
+], ids=["json", "form", "query", "delete"])
+async def test_a_built_request_is_sent_as_the_client_sends_it(wire, build):
+    """send_built (what connectors' send() uses): same bytes on the wire, same response."""
+    async with aiohttp_client(base_url=wire.url, headers={"X-Default": "d"}) as client:
+        mine = await send_built(client, client.build_request(**build))
+        assert mine is not None
+        theirs = await client.send(client.build_request(**build))
+    by_plain, by_client = wire.requests
+    assert by_plain == by_client
+    assert (mine.status_code, mine.headers, mine.content) == (theirs.status_code, theirs.headers,
+                                                              theirs.content)
+    assert mine.request.url == theirs.request.url
+
+
+async def test_a_streamed_body_or_a_client_with_steps_is_left_to_the_client(wire):
+    async def chunks():
+        yield b"abc"
+
+    async with aiohttp_client(base_url=wire.url) as client:
+        assert await send_built(client, client.build_request("POST", "/s", content=chunks())) is None
+    async with aiohttp_client(base_url=wire.url, auth=("u", "p")) as client:
+        assert await send_built(client, client.build_request("GET", "/a")) is None
+    assert wire.requests == []
