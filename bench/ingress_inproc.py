@@ -4,7 +4,7 @@ wrk and uvicorn cost the same for every server in bench/ingress.py, and on 2 cor
 the machine with the server under test, so its figures mix the app's cost with theirs. This
 drives the app in process — ``--concurrency`` requests in flight, each a pre-signed webhook
 with a first-time id, through a fake ASGI receive/send — and reports process CPU (all threads:
-the loop and the SQLite writer) per request, for tieline's app (``tieline run`` minus the
+the loop and the SQLite writer, and the loop's thread alone) per request, for tieline's app (``tieline run`` minus the
 consumer) and for ``bare_app.durable_app`` (the durable floor). ``--profile`` adds a cProfile
 of the tieline run (loop thread only) with the top functions by own and inclusive time.
 
@@ -25,6 +25,7 @@ import pstats
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -104,7 +105,21 @@ async def run_bare(tmp: Path, reqs: list, concurrency: int, profile: cProfile.Pr
         return await measured(durable_app, reqs[200:], concurrency, profile)
 
 
+def thread_cpu() -> dict[int, float]:
+    """CPU seconds per thread of this process, from /proc (the loop's thread is this one)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tck
+    return out
+
+
 async def measured(app, reqs: list, concurrency: int, profile: cProfile.Profile | None):
+    threads = thread_cpu()
     cpu, wall = time.process_time(), time.perf_counter()
     if profile is not None:
         profile.enable()
@@ -112,7 +127,10 @@ async def measured(app, reqs: list, concurrency: int, profile: cProfile.Profile 
     if profile is not None:
         profile.disable()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    return {"us_per_req": cpu / len(reqs) * 1e6, "req_s": len(reqs) / wall, "statuses": statuses}
+    after = thread_cpu()
+    loop = after.get(threading.get_native_id(), 0.0) - threads.get(threading.get_native_id(), 0.0)
+    return {"us_per_req": cpu / len(reqs) * 1e6, "req_s": len(reqs) / wall, "statuses": statuses,
+            "loop_us": loop / len(reqs) * 1e6, "others_us": (cpu - loop) / len(reqs) * 1e6}
 
 
 def one_round(name: str, n: int, concurrency: int, profile: cProfile.Profile | None, tag: str):
@@ -145,7 +163,8 @@ def main() -> None:
             result = one_round(a, args.n, args.concurrency, profile if a == "tieline" else None,
                                f"{a}{r}{time.time_ns()}")
             runs[a].append(result)
-            print(f"round {r + 1} {a}: {result['us_per_req']:.0f} µs CPU/req, "
+            print(f"round {r + 1} {a}: {result['us_per_req']:.0f} µs CPU/req (loop thread "
+                  f"{result['loop_us']:.0f}, other threads {result['others_us']:.0f}), "
                   f"{result['req_s']:.0f} req/s, statuses {result['statuses']}", flush=True)
     for a in apps:
         us = [x["us_per_req"] for x in runs[a]]
