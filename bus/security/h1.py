@@ -237,14 +237,16 @@ class H1Pool:
         if not idle:
             return None
         now = self.loop.time()
+        expiry = self.keepalive
+        # The most recently used first (warm, least likely closed by the server); the oldest
+        # past its expiry is closed on the way, so a quieter day frees what a busy one opened.
+        while expiry is not None and idle and now - idle[0].idle_since > expiry:
+            idle.pop(0)._close()
         while idle:
             conn = idle.pop()
-            if self.keepalive is not None and now - conn.idle_since > self.keepalive:
-                conn._close()
-            elif conn.transport is not None and not conn.transport.is_closing():
+            if conn.transport is not None and not conn.transport.is_closing():
                 return conn
-            else:
-                self._forget(conn)
+            self._forget(conn)
         return None
 
     async def _acquire(self, key: tuple, getting: float | None, connect: float | None) -> _Connection:

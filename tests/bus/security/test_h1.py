@@ -277,3 +277,16 @@ async def test_tls_is_verified_against_the_context(cert_files):
             await strict.request("https", "localhost", port, request_head("GET", "/", headers),
                                  None, TIMEOUT, idempotent=True)
         await strict.aclose()
+
+
+async def test_idle_connections_past_their_expiry_are_closed_not_reused():
+    async with Server(answering(OK, delay=0.05)) as server:
+        p = pool(keepalive=0.2)
+        await asyncio.gather(*(post(p, server.port) for _ in range(3)))  # three connections
+        assert server.connections == 3
+        await asyncio.sleep(0.3)
+        await post(p, server.port)  # all three expired: closed, a new one opened
+        await asyncio.sleep(0.05)
+        assert server.connections == 4
+        assert server.open == 1
+        await p.aclose()
