@@ -281,12 +281,16 @@ async def test_tls_is_verified_against_the_context(cert_files):
 
 async def test_idle_connections_past_their_expiry_are_closed_not_reused():
     async with Server(answering(OK, delay=0.05)) as server:
-        p = pool(keepalive=0.2)
+        p = pool(keepalive=0.3)
         await asyncio.gather(*(post(p, server.port) for _ in range(3)))  # three connections
-        assert server.connections == 3
-        await asyncio.sleep(0.3)
-        await post(p, server.port)  # all three expired: closed, a new one opened
+        await asyncio.sleep(0.2)
+        await post(p, server.port)  # reuses one: fresh again; the other two keep ageing
+        await asyncio.sleep(0.2)
+        await post(p, server.port)  # the fresh one is reused; the two expired ones are closed
         await asyncio.sleep(0.05)
-        assert server.connections == 4
-        assert server.open == 1
+        assert (server.connections, server.open) == (3, 1)
+        await asyncio.sleep(0.35)
+        await post(p, server.port)  # now that one expired too: a new connection
+        await asyncio.sleep(0.05)
+        assert (server.connections, server.open) == (4, 1)
         await p.aclose()
