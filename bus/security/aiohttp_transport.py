@@ -14,7 +14,10 @@ when every phase is bounded and the body is large or streamed (a small one canno
 response head must arrive within their sum, else ``WriteTimeout``.
 
 :meth:`AiohttpTransport.fetch` sends without httpx's Request and Response: it is what
-:mod:`bus.security.plain_request` uses for a client's plain case.
+:mod:`bus.security.plain_request` uses for a client's plain case. A small body (up to 64 KiB,
+not HEAD) goes through :class:`bus.security.h1.H1Pool` instead of aiohttp, with the same
+resolver, socket check, limits, timeouts and exceptions: a quarter of aiohttp's CPU. The two
+keep separate connection pools (each under ``limits.max_connections``).
 """
 
 from __future__ import annotations

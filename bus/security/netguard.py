@@ -1,7 +1,8 @@
 """Outbound request guard against SSRF: no private, loopback, link-local or reserved targets.
 
 The check runs where connections are made. :class:`GuardedTransport` sends requests with aiohttp
-(:mod:`bus.security.aiohttp_transport`) through a :class:`GuardedResolver`: it resolves the host
+(:mod:`bus.security.aiohttp_transport`), or with :mod:`bus.security.h1` for small plain ones,
+through a :class:`GuardedResolver`: it resolves the host
 once, checks every answer and hands aiohttp only the allowed addresses, so aiohttp dials exactly
 what was checked and a DNS answer that changes between check and connect (DNS rebinding) cannot
 redirect the connection. aiohttp dials an IP-address host without asking the resolver, so the
