@@ -121,6 +121,9 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._answer is None:  # a second answer to one request: the server is confused
+            self._close()
+            return
         if 100 <= self._parser.get_status_code() < 200:  # informational (103): the answer follows
             self._reset()
             self._received = True

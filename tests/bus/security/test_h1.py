@@ -294,3 +294,13 @@ async def test_idle_connections_past_their_expiry_are_closed_not_reused():
         await asyncio.sleep(0.05)
         assert (server.connections, server.open) == (4, 1)
         await p.aclose()
+
+
+async def test_two_answers_to_one_request_close_the_connection():
+    async with Server(answering(OK + OK)) as server:
+        p = pool()
+        assert (await post(p, server.port)).status == 200
+        await asyncio.sleep(0.05)
+        assert (await post(p, server.port)).status == 200  # on a new connection, not the confused one
+        assert server.connections == 2
+        await p.aclose()
