@@ -44,7 +44,7 @@ from connectors.base import (
     action,
     classify_http_status,
 )
-from connectors.http_calls import redact
+from connectors.http_calls import client_send, redact
 from connectors.http_calls import where as http_where
 
 log = structlog.get_logger(__name__)
@@ -268,7 +268,7 @@ class AfterShipConnector(OwnsHttpClient, Connector):
         target = f"connector {self.name!r} action {action_name!r} at {ctx.step}: {method} {http_where(req.url)}"
         secrets = [self.settings.api_key, self.settings.webhook_secret]
         try:
-            response = await self._client.send(req)
+            response = await client_send(self._client, req)
         except httpx.TimeoutException as exc:
             raise RetryableError(f"{target}: timed out ({type(exc).__name__})") from None
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:

@@ -40,7 +40,7 @@ async def send(
 ) -> httpx.Response:
     """Send ``request``; raise Retryable/Permanent errors naming connector and host, never secrets."""
     target = f"connector {name!r}: {request.method} {where(request.url)}"
-    response = await transported(_sent(client, request), target, secrets)
+    response = await transported(client_send(client, request), target, secrets)
     log.debug("http_call", connector=name, method=request.method, target=where(request.url),
               status=response.status_code)
     if response.status_code >= 400:
@@ -48,9 +48,10 @@ async def send(
     return response
 
 
-async def _sent(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
-    """``client.send(request)``, through the plain path when the client needs none of its steps
-    (bus.security.plain_request.send_built: a quarter of the CPU)."""
+async def client_send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """``await client.send(request)``, with the same answer and exceptions, through the plain
+    path when the client needs none of its steps (bus.security.plain_request.send_built: about
+    a third less CPU). For connectors that classify failures themselves."""
     from bus.security.plain_request import send_built  # loads aiohttp: on the first call
 
     response = await send_built(client, request)

@@ -14,6 +14,7 @@ import orjson
 
 from connectors.base import CallContext, PermanentError, RetryableError, classify_http_status
 from connectors.http import redact, where
+from connectors.http_calls import client_send
 
 _HINTS = {
     401: "credentials refused: check the connector's credentials (and that the vendor's REST API is enabled)",
@@ -80,7 +81,7 @@ class VendorClient:
         req = self._client.build_request(method, self.base_url + path, params=params, headers=hdrs, timeout=timeout, **body)
         target = f"connector {self.name!r} action {action!r} at {ctx.step}: {method} {where(req.url)}"
         try:
-            response = await self._client.send(req)
+            response = await client_send(self._client, req)
         except httpx.TimeoutException:
             raise RetryableError(f"{target}: no answer within {timeout:g} s (timeout); will retry") from None
         except httpx.TransportError as exc:

@@ -37,6 +37,7 @@ from connectors.base import (
     VerificationError,
     classify_http_status,
 )
+from connectors.http_calls import client_send
 from connectors.http_calls import where as target
 from connectors.twilio import signature
 
@@ -132,7 +133,7 @@ class TwilioConnector(OwnsHttpClient, Connector):
         req = self._client.build_request(method, url, data=data, params=query, headers=headers, timeout=timeout)
         where = f"connector {self.name!r} action {action!r} at {ctx.step}: {method} {target(req.url)}"
         try:
-            resp = await self._client.send(req)
+            resp = await client_send(self._client, req)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise RetryableError(f"{where}: {type(exc).__name__}: could not connect (is api_base right?)",
                                  detail={"ambiguous": False}) from None
