@@ -29,6 +29,11 @@ class Metrics(Observer):
             ["flow", "outcome", "variant"], registry=r,
         )
         self.in_flight = Gauge("tieline_flow_in_flight", "Messages being processed now", ["flow"], registry=r)
+        self.concurrency = Gauge(
+            "tieline_flow_concurrency",
+            "Handler slots per flow in this process (its concurrency): in_flight at this value with "
+            "a growing backlog means the flow is held by its cap", ["flow"], registry=r,
+        )
         self.e2e = Histogram(
             "tieline_flow_latency_seconds", "From first seen to delivered/filtered/dead",
             ["flow"], buckets=LATENCY_BUCKETS, registry=r,
@@ -99,6 +104,12 @@ class Metrics(Observer):
         for hook in self._scrape_hooks:
             await hook(self)
         return list(self.registry.collect())
+
+
+async def flow_slots(metrics: Metrics, concurrency: dict[str, int]) -> None:
+    """Each consumed flow's concurrency (nothing in a process that only serves)."""
+    for flow, slots in concurrency.items():
+        metrics.child(metrics.concurrency, flow).set(slots)
 
 
 async def transport_readings(metrics: Metrics, transport, flows: list[str]) -> None:  # noqa: ANN001

@@ -18,7 +18,7 @@ from bus.config.model import Config, ConnectorConfig
 from bus.errors import TielineError
 from bus.flow import CompiledFlow, compile_all
 from bus.ingress import Ingress
-from bus.metrics import Metrics, transport_readings
+from bus.metrics import Metrics, flow_slots, transport_readings
 from bus.observe import Observers
 from bus.runner import FlowRunner
 from bus.stats import Stats
@@ -113,6 +113,7 @@ class Runtime:
         self.stats = Stats()
         self.observers = Observers([self.metrics, self.stats])
         self.metrics.on_scrape(lambda m: transport_readings(m, self.transport, list(self.flows)))
+        self.metrics.on_scrape(lambda m: flow_slots(m, self._slots()))
         self.ingress = Ingress(self.flows, self.connectors, self.transport, self.observers)
         self.runner = FlowRunner(self.flows, self.connectors, self.transport, observer=self.observers)
         self.ready = False
@@ -187,6 +188,12 @@ class Runtime:
                 cf = flows[name]
                 if cf.flow.enabled:
                     self.transport.consume(name, self.runner.handle, concurrency=cf.flow.concurrency)
+
+    def _slots(self) -> dict[str, int]:
+        """Handler slots per flow this process consumes (the serve role consumes none)."""
+        if not self.consuming:
+            return {}
+        return {name: cf.flow.concurrency for name, cf in self.flows.items() if cf.flow.enabled}
 
     # ----- operator switches -------------------------------------------------------------
     def is_enabled(self, flow: str) -> bool:

@@ -43,3 +43,12 @@ async def test_known_load_shows_in_metrics_and_stats(make_bus, sink):
     assert (flow["ok"], flow["failed"], flow["success_rate"]) == (4, 1, 0.8)
     assert stats["windows"]["5m"]["connectors"]["sink"]["count"] == 5
     assert stats["dead_letters"]["relay"]["depth"] == 1
+
+
+async def test_each_flows_concurrency_is_a_gauge_beside_in_flight(make_bus, sink):
+    """An operator compares in_flight with it to see a flow held by its cap."""
+    _, url = sink
+    config = flows(url).replace("  relay:\n", "  relay:\n    concurrency: 5\n", 1)
+    async with make_bus(config, {"order_to_sink": MAPPING}) as bus:
+        text = (await bus.client.get("/metrics")).text
+    assert metric(text, "tieline_flow_concurrency", flow="relay") == 5
