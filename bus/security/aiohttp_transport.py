@@ -32,6 +32,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
+from bus.security import h1
 from bus.security.outbound import DEFAULT_LIMITS
 
 # aiohttp adds these when absent; httpx decided already whether to send them.
@@ -98,7 +99,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self.limits, self.resolver, self.socket_factory = limits, resolver, socket_factory
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._h1: typing.Any = None  # bus.security.h1.H1Pool, for fetch's small requests
+        self._h1: h1.H1Pool | None = None  # for fetch's small requests
         self._h1_loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[tuple, tuple[aiohttp.ClientTimeout, float | None]] = {}
         self._targets: dict[str, Target] = {}
@@ -210,8 +211,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def _fetch_h1(self, method: str, target: Target, headers: list[tuple[str, str]],
                         content: bytes | None, timeout: typing.Mapping[str, float | None]) -> Reply:
         """:meth:`fetch` through :class:`bus.security.h1.H1Pool` (a quarter of aiohttp's CPU)."""
-        from bus.security import h1
-
         pool = self._h1 if self._h1_loop is asyncio.get_running_loop() else None
         if pool is None or pool.closed:
             pool = self._h1 = h1.H1Pool(ssl_context=self.ssl_context,
@@ -233,8 +232,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def _addresses(self, host: str, port: int) -> list[tuple[int, str]]:
         """Where :class:`~bus.security.h1.H1Pool` dials: the resolver's answers (the guard's
         checked ones); an address host as it is, as aiohttp does (``check_host`` vetted it)."""
-        from bus.security import h1
-
         if self.resolver is None or h1.is_address(host):
             return await h1.system_resolve(host, port)
         return [(r["family"], r["host"]) for r in await self.resolver.resolve(host, port)]
