@@ -2,7 +2,8 @@
 
 Run: .venv/bin/python bench/bench_rabbitmq.py [-n 5000] [--publishers 50] [--concurrency 16]
 Needs RabbitMQ on 127.0.0.1:5672 and Redis on 127.0.0.1:6379; uses (and then deletes) a
-fresh prefix. Prints msgs/s for publishing alone and for publish→complete.
+fresh prefix. Prints msgs/s for publishing alone and for publish→complete, with this process's
+CPU and Redis's (``INFO cpu``) per message of the publish→complete run.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+
+from redis.asyncio import Redis
 
 from bus.envelope import Envelope, new_id
 from bus.transport.base import Delivery, LedgerEntry, MessageState
@@ -28,6 +31,16 @@ async def publish_all(transport: RabbitTransport, flow: str, total: int, publish
             await transport.publish([Envelope.new(flow, BODY)])
 
     await asyncio.gather(*(one() for _ in range(publishers)))
+
+
+async def _redis_cpu() -> float:
+    """Seconds of CPU the Redis server has used (user + system)."""
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        info = await redis.info("cpu")
+    finally:
+        await redis.aclose()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def main() -> None:
@@ -70,13 +83,15 @@ async def main() -> None:
                 done.set()
 
         transport.consume("bench", handler, concurrency=args.concurrency)
-        start = time.perf_counter()
+        start, cpu, redis_cpu = time.perf_counter(), time.process_time(), await _redis_cpu()
         await publish_all(transport, "bench", total, args.publishers)
         await done.wait()
         elapsed = time.perf_counter() - start
+        cpu, redis_cpu = time.process_time() - cpu, await _redis_cpu() - redis_cpu
         print(
             f"publish→complete, 1 worker ({args.concurrency} conc) {total:>6} msgs "
-            f"{elapsed:6.2f}s {total / elapsed:>8.0f} msg/s"
+            f"{elapsed:6.2f}s {total / elapsed:>8.0f} msg/s; CPU µs/msg: this process "
+            f"{cpu / total * 1e6:.0f}, Redis {redis_cpu / total * 1e6:.0f}"
         )
     finally:
         await transport.close()

@@ -154,7 +154,8 @@ class RabbitDelivery(Delivery):
         # delivery's time): once the ack lands, no copy of this generation comes back to
         # read the mark; if the ack is lost too, the redelivery re-sends the outbox, as after
         # a crash before the mark
-        await flush(self._t, envelope.id, gen, outbox, wait=False)
+        if outbox:  # an empty one was recorded as sent by the update (one script call less)
+            await flush(self._t, envelope.id, gen, outbox, wait=False)
         await self._t.ack(self._msg)
 
     async def checkpoint(self, envelope: Envelope, entries: Sequence[LedgerEntry] = ()) -> None:

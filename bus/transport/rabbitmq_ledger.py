@@ -275,7 +275,8 @@ class RedisLedger(LedgerReads):
         was: MessageState | None = None,
     ) -> None:
         """The message's new envelope (and state, generation, dead info, outbox still to send,
-        emitted children as new queued messages) plus ledger lines, in one transaction.
+        emitted children as new queued messages) plus ledger lines, in one transaction. An
+        empty ``outbox`` with ``gen`` records that generation as sent (no ``sent`` to follow).
         ``was``: the state it is leaving, when the caller knows it (one index to leave)."""
         key = self._k("msg", envelope.id)
         fields: dict[str, object] = {
@@ -289,8 +290,10 @@ class RedisLedger(LedgerReads):
             fields["state"] = state.value
         if gen is not None:
             fields["gen"] = gen
-        if outbox is not None:
+        if outbox:
             fields["outbox"] = orjson.dumps(outbox)
+        elif outbox is not None and gen is not None:  # nothing to publish: sent already
+            fields["sent"] = gen
         if available_at is not None:
             fields["available_at"] = available_at
         tx = Tx()
@@ -303,6 +306,8 @@ class RedisLedger(LedgerReads):
             tx.add("ZADD", self._k("dlq", "flow", envelope.flow), now, envelope.id)
         if state is MessageState.QUEUED:
             tx.add("HDEL", key, "error")
+        if outbox == []:
+            tx.add("HDEL", key, "outbox")  # an earlier generation's, if its mark was lost
         tx.add("HSET", key, *[word for pair in fields.items() for word in pair])
         tx.add("EXPIRE", key, self.ttl)
         self._received(tx, children, now)

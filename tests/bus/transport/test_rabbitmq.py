@@ -559,3 +559,43 @@ async def test_prune_trims_the_fixed_indexes_and_correlations_expire(make: Make)
         assert [await redis.zscore(k, env.id) for k in indexes] == [None] * 3
     finally:
         await redis.aclose()
+
+
+async def test_an_ending_with_nothing_to_publish_is_recorded_sent_without_a_mark(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery that ends with nothing to publish (a sink's last step) records its generation
+    as sent in the ending's own transaction, clearing a stale outbox of an earlier generation,
+    and sends no separate sent mark; an ending that publishes still does."""
+    transport = await make(flows=["quiet", "loud", "next"])
+    marks: list[tuple[str, int]] = []
+    mark = transport.ledger.sent
+    monkeypatch.setattr(
+        transport.ledger, "sent", lambda mid, gen: marks.append((mid, gen)) or mark(mid, gen)
+    )
+    quiet, loud = Envelope.new("quiet", {"n": 1}), Envelope.new("loud", {"n": 2})
+    await transport.publish([quiet, loud])
+    stored = await transport.ledger.peek(quiet.id)
+    assert stored is not None
+    stale = [out("flow", quiet, 0.0, 0).to_dict()]  # generation 0's, its mark lost
+    await transport.ledger.update(quiet, time.time(), stored.created_at, gen=0, outbox=stale)
+    rec = Recorder(complete)
+
+    async def emits(d: Delivery) -> None:
+        child = d.envelope.derive("next", {"n": 3}, event="made")
+        await d.complete(MessageState.DELIVERED, d.envelope, emit=[(child, 0.0)])
+
+    child = Recorder(complete)
+    transport.consume("quiet", rec)
+    transport.consume("loud", emits)
+    transport.consume("next", child)
+    assert (await rec.next()).id == quiet.id  # recorded once its ending (update, ack) returned
+    after = await transport.ledger.peek(quiet.id)
+    assert after is not None and after.state is MessageState.DELIVERED
+    assert (after.gen, after.sent, after.outbox) == (1, 1, [])
+    assert (await child.next()).body == {"n": 3}
+    for _ in range(100):
+        if marks:
+            break
+        await asyncio.sleep(0.05)
+    assert marks == [(loud.id, 1)]
