@@ -4,7 +4,8 @@ Each ending is an outbox, in this order: (1) one Redis transaction records the n
 ledger lines, a new generation and the messages still to publish (the outbox); (2) the outbox is
 published with confirms (retry copy, emitted children, DLQ archive); (3) Redis marks that
 generation sent (unless a later ending recorded a newer one); (4) the delivery is acked, the
-mark queued before it but its reply not waited for. A crash before the ack lands leaves the
+mark queued before it but its reply not waited for. An empty outbox is recorded sent in (1),
+and (2) and (3) are skipped. A crash before the ack lands leaves the
 delivery unacked, so RabbitMQ redelivers it, and ``admit`` decides from Redis what the
 redelivery means:
 
