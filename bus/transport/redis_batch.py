@@ -9,11 +9,12 @@ One pipeline is in flight at a time, so commands run in the order they were issu
 worker still pays one round trip per command.
 
 Pipelines go on one connection the batch keeps (checked like a pool checkout after an idle
-second), written in one go (hiredis packs the commands in C) and read reply by reply, each read
-as ``execute_command`` would (the client's response callbacks). Each command keeps its own
-result or error; a connection failure fails every command of its pipeline not answered yet. A
-caller that stops waiting (cancelled) does not unsend its command. Scripts go as EVALSHA (their
-text is sent again only after a NOSCRIPT: a restarted or flushed Redis).
+second), written in one go (hiredis packs the commands in C) and read reply by reply off the
+connection's hiredis reader (``_Replies``), each made what ``execute_command`` makes of it (the
+client's response callbacks). Each command keeps its own result or error; a connection failure
+fails every command of its pipeline not answered yet. A caller that stops waiting (cancelled)
+does not unsend its command. Scripts go as EVALSHA (their text is sent again only after a
+NOSCRIPT: a restarted or flushed Redis).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from typing import Any
 
 import hiredis
 import orjson
+from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio import Connection, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bus.transport.tick_batch import TickBatcher
@@ -145,7 +147,6 @@ class RedisBatch(TickBatcher):
             CLAIM, key, value, ttl_ms, orjson.dumps(tx.commands, default=_text)
         )
 
-
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
         """One write of every command, then their replies in order, on the batch's connection.
 
@@ -174,11 +175,9 @@ class RedisBatch(TickBatcher):
             self._used_at = loop.time()
             try:
                 await conn.send_packed_command(b"".join(packed), check_health=False)
+                replies = _Replies(conn)
                 for callback, fut in sent:
-                    try:
-                        reply = await conn.read_response()
-                    except ResponseError as exc:  # this command's error: the others go on
-                        reply = exc
+                    reply = await replies.next()  # a ResponseError is this command's alone
                     replied += 1
                     if fut.done():  # its caller was cancelled
                         continue
@@ -197,6 +196,52 @@ class RedisBatch(TickBatcher):
             for _, fut in sent[replied:]:
                 if not fut.done():
                     fut.set_exception(exc)
+
+
+class _Replies:
+    """A pipeline's replies, read off the connection's hiredis reader one by one.
+
+    What ``Connection.read_response`` does per reply, less its per-call machinery (a timeout
+    context, the host's name formatted for an error that may never come, the health-check clock):
+    10-12 µs a reply against 2.3 (bench/RESULTS.md, session 12). ``socket_timeout`` bounds each
+    wait for more bytes from the socket, as it bounds a read there. It reaches into the
+    connection's parser: pyproject.toml pins the redis-py major this was written against, and a
+    parser other than hiredis's fails at the first pipeline, not silently."""
+
+    __slots__ = ("_conn", "_parser", "_reader")
+
+    def __init__(self, conn: Connection):
+        parser = conn._parser
+        reader = getattr(parser, "_reader", None)
+        if not isinstance(reader, hiredis.Reader):
+            raise RuntimeError(
+                f"redis_batch: the connection's parser is {type(parser).__name__}, not hiredis's"
+            )
+        self._conn, self._parser, self._reader = conn, parser, reader
+
+    async def next(self) -> Any:
+        """The next reply; an error reply (a ResponseError) is returned, not raised."""
+        while True:
+            reply = self._reader.gets()
+            if reply is NOT_ENOUGH_DATA:
+                await self._read_more()
+            elif isinstance(reply, hiredis.PushNotification):  # not a reply: the client's
+                await self._parser.handle_push_response(reply)
+            else:
+                break
+        if isinstance(reply, RedisConnectionError):
+            raise reply  # the server dropped us mid-pipeline: the rest of it fails
+        return reply
+
+    async def _read_more(self) -> None:
+        timeout = self._conn.socket_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._parser.read_from_socket()
+        except TimeoutError as exc:
+            raise RedisTimeoutError(f"redis_batch: no reply from Redis within {timeout} s") from exc
+        except AttributeError as exc:  # the parser lost its stream: the connection was closed
+            raise RedisConnectionError("redis_batch: connection closed mid-pipeline") from exc
 
 
 async def _ensure(conn: Connection) -> None:

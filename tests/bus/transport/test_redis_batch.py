@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Connection, ConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bus.envelope import new_id
 from bus.transport.redis_batch import RedisBatch, Tx
@@ -176,3 +177,43 @@ async def test_connection_closed_while_idle_is_replaced(
         return
     assert await batch.call("SET", f"{p}:k", "v") is True
     assert await batch.call("CLIENT", "ID") != cid
+
+
+async def test_a_reply_split_on_the_wire_is_read_whole_and_silence_times_out() -> None:
+    """Against a server that sends the first reply in two pieces and then goes quiet: the first
+    call gets its whole reply, the others fail with redis-py's TimeoutError after
+    ``socket_timeout`` (they do not wait forever), and the next call connects afresh."""
+    connections = 0
+
+    async def half_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while b"GET" not in (got := await reader.read(65536)):  # redis-py's handshake
+            if b"HELLO" in got:
+                writer.write(b"%1\r\n$5\r\nproto\r\n:3\r\n")  # RESP3, as Redis 7 answers
+            else:  # CLIENT SETINFO, CLIENT MAINT_NOTIFICATIONS: one answer a command
+                writer.write(b"+OK\r\n" * got.count(b"*"))
+        writer.write(b"$5\r\nhel")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"lo\r\n")  # the first reply, completed; nothing for the rest
+        await writer.drain()
+        await reader.read(65536)  # until the client hangs up
+
+    server = await asyncio.start_server(half_then_silence, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
+    batch = RedisBatch(client)
+    try:
+        got = await asyncio.wait_for(
+            asyncio.gather(*(batch.call("GET", "k") for _ in range(3)), return_exceptions=True), 5
+        )
+        assert got[0] == b"hello"
+        assert all(isinstance(g, RedisTimeoutError) for g in got[1:]), got
+        again = await asyncio.wait_for(
+            asyncio.gather(batch.call("GET", "k"), return_exceptions=True), 5
+        )
+        assert again == [b"hello"] and connections == 2
+    finally:
+        await client.aclose()
+        server.close()
