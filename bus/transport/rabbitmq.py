@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 import aio_pika
 import orjson
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from bus.envelope import Envelope
@@ -42,6 +42,7 @@ from bus.transport.entries import received_entry
 from bus.transport.rabbitmq_backlog import Backlog
 from bus.transport.rabbitmq_consumer import deliver
 from bus.transport.rabbitmq_delivery import flush, out
+from bus.transport.rabbitmq_inbound import Inbound, InboundConsumer
 from bus.transport.rabbitmq_ledger import RedisLedger, delete_prefix, warn_if_records_unpacked
 from bus.transport.rabbitmq_publisher import OUTAGE, Publisher
 from bus.transport.rabbitmq_stranded import check_first_copy, sweep_forever
@@ -83,7 +84,7 @@ class RabbitTransport(Transport):
         self.stale_after = 2 * publish_timeout + 1.0
         self._reconnect_interval = reconnect_interval
         self._consumers: dict[str, tuple[Handler, int]] = {}
-        self._consuming: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        self._consuming: list[InboundConsumer] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: set[asyncio.Task[None]] = set()
         self._declared: set[str] = set()
@@ -143,11 +144,11 @@ class RabbitTransport(Transport):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for queue, tag in self._consuming:  # no new deliveries; in-flight ones may still ack
+        for consumer in self._consuming:  # no new deliveries; in-flight ones may still ack
             try:
-                await asyncio.wait_for(queue.cancel(tag), 2.0)
+                await asyncio.wait_for(consumer.cancel(), 2.0)
             except OUTAGE as exc:
-                log.warning("transport.cancel_failed", queue=queue.name, error=repr(exc))
+                log.warning("transport.cancel_failed", queue=consumer.queue, error=repr(exc))
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
             for task in pending:  # unacked: RabbitMQ hands them to another worker
@@ -196,7 +197,7 @@ class RabbitTransport(Transport):
                 await topo.declare_flow(self._channel, self.names, self._ex, flow, self._quorum)
                 self._declared.add(flow)
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
+    async def ack(self, message: Inbound) -> None:
         """Ack, tolerating a dead channel: the redelivery is then dropped by ``admit``."""
         try:
             await message.ack()
@@ -281,19 +282,21 @@ class RabbitTransport(Transport):
         twice that, at most ``prefetch``) lets the next deliveries be admitted meanwhile."""
         handler, concurrency = self._consumers[flow]
         await self.ensure_flow(flow)
-        channel: AbstractChannel = await self.connection.channel()
+        channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=max(1, min(self._prefetch, 2 * concurrency)))
         queue = await channel.declare_queue(self.names.flow(flow), passive=True)
         slots = asyncio.Semaphore(concurrency)
+        loop = asyncio.get_running_loop()
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
+        def on_message(message: Inbound) -> None:
             # our own task: aiormq cancels its callback tasks when the channel closes
-            task = asyncio.get_running_loop().create_task(deliver(self, handler, message, slots))
+            task = loop.create_task(deliver(self, handler, message, slots))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-        tag = await queue.consume(on_message)
-        self._consuming.append((queue, tag))
+        consumer = InboundConsumer(channel, queue.name, on_message)
+        await consumer.start()
+        self._consuming.append(consumer)
 
     # ----- ledger -----------------------------------------------------------------------
     async def message(self, message_id: str) -> MessageRecord | None:

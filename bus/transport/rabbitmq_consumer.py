@@ -15,13 +15,13 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 
 from bus.envelope import Envelope
 from bus.errors import TransportError
 from bus.transport import rabbitmq_topology as topo
 from bus.transport.base import Handler, LedgerEntry, run_handler
 from bus.transport.rabbitmq_delivery import RabbitDelivery, admit
+from bus.transport.rabbitmq_inbound import Inbound
 from bus.transport.rabbitmq_publisher import H_DUE, H_GEN, OUTAGE
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ CRASH_RETRY_DELAY = 1.0  # seconds before a message whose handler raised runs ag
 
 
 async def deliver(
-    t: RabbitTransport, handler: Handler, message: AbstractIncomingMessage, slots: asyncio.Semaphore
+    t: RabbitTransport, handler: Handler, message: Inbound, slots: asyncio.Semaphore
 ) -> None:
     """Parse, wait out the due time and admit outside ``slots``, then run the handler in one.
 
@@ -66,7 +66,7 @@ async def deliver(
 
 
 async def _admit(
-    t: RabbitTransport, message: AbstractIncomingMessage, envelope: Envelope
+    t: RabbitTransport, message: Inbound, envelope: Envelope
 ) -> RabbitDelivery | None:
     """The delivery to run, or None once the message was parked again or dropped (acked)."""
     headers = message.headers or {}

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 import orjson
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 
 from bus.envelope import Envelope
 from bus.transport.base import Delivery, LedgerEntry, MessageState
@@ -34,6 +33,7 @@ from bus.transport.entries import (
     dead_lines,
     retry_lines,
 )
+from bus.transport.rabbitmq_inbound import Inbound
 from bus.transport.rabbitmq_publisher import H_ATTEMPTS, H_CHAIN, H_ERROR, H_GEN
 from bus.transport.rabbitmq_reads import Peek
 
@@ -93,7 +93,7 @@ class Admission:
 
 
 async def admit(
-    t: RabbitTransport, message: AbstractIncomingMessage, envelope: Envelope
+    t: RabbitTransport, message: Inbound, envelope: Envelope
 ) -> Admission:
     """Decide, from Redis, whether this (re)delivery runs and from which envelope."""
     gen = int((message.headers or {}).get(H_GEN, 0))  # type: ignore[arg-type]
@@ -119,7 +119,7 @@ class RabbitDelivery(Delivery):
     def __init__(
         self,
         t: RabbitTransport,
-        message: AbstractIncomingMessage,
+        message: Inbound,
         envelope: Envelope,
         stored: Peek | None,
     ):

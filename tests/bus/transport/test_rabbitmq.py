@@ -386,6 +386,26 @@ async def test_backlog_counts_what_is_queued_now(make: Make) -> None:
     assert (await transport.backlog("count"), await transport.backlog()) == (3, 3)
 
 
+async def test_a_consumer_the_broker_cancels_consumes_again(make: Make) -> None:
+    """The flow's queue deleted and declared again (what a moved queue looks like to a consumer):
+    the broker cancels the consumer, which registers again and takes the next message."""
+    transport = await make(flows=["moved"])
+    rec = Recorder(complete)
+    transport.consume("moved", rec)
+    first = Envelope.new("moved", {"n": 1})
+    await transport.publish([first])
+    assert (await rec.next()).id == first.id
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(transport.names.flow("moved"))
+    again = await make(prefix=transport.names.prefix)  # declares the flow's queue afresh
+    await again.ensure_flow("moved")
+    second = Envelope.new("moved", {"n": 2})
+    await again.publish([second])
+    assert (await rec.next()).id == second.id
+
+
 async def test_next_deliveries_are_admitted_while_the_slots_are_full(make: Make) -> None:
     """concurrency bounds the handlers; the prefetch beyond it lets the next deliveries read
     their records meanwhile, so they start without a Redis round trip of their own."""
