@@ -17,8 +17,8 @@ Keys (``p`` = prefix), each message's keys expire ``ttl`` seconds after its last
     p:unconfirmed       sorted set of ids received at ingress whose broker confirm has not been
                         recorded yet, by receipt (``rabbitmq_stranded`` republishes old ones)
 
-Each write is one atomic Lua call (``redis_batch.Tx``), so a reader never sees a state without
-its ledger lines; the writes and record reads of concurrent deliveries share pipelines
+Each write is one atomic transaction (``redis_batch.Tx``: MULTI/EXEC, or a Lua call for a
+dedupe claim), so a reader never sees a state without its ledger lines; the writes and record reads of concurrent deliveries share pipelines
 (``RedisBatch``, group commit) instead of paying a round trip each.
 """
 

@@ -13,8 +13,9 @@ second), written in one go (hiredis packs the commands in C) and read reply by r
 connection's hiredis reader (``_Replies``), each made what ``execute_command`` makes of it (the
 client's response callbacks). Each command keeps its own result or error; a connection failure
 fails every command of its pipeline not answered yet. A caller that stops waiting (cancelled)
-does not unsend its command. Scripts go as EVALSHA (their text is sent again only after a
-NOSCRIPT: a restarted or flushed Redis).
+does not unsend its command. A ``Tx`` goes as MULTI, its commands, EXEC (one future for the
+lot). Scripts go as EVALSHA (their text is sent again only after a NOSCRIPT: a restarted or
+flushed Redis).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import orjson
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio import Connection, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, NoScriptError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bus.transport.tick_batch import TickBatcher
@@ -36,13 +37,12 @@ from bus.transport.tick_batch import TickBatcher
 MAX_BATCH = 512  # commands per pipeline: bounds one write and one burst of reply parsing
 IDLE_CHECK = 1.0  # seconds unused after which the connection is checked before a write
 
-# ARGV[1] is a JSON list of commands: run them in order, in one script call, so no reader sees
-# part of them (what MULTI/EXEC gives, in one command and one reply). One JSON argument instead
-# of a word per argument: orjson builds it in C, where redis-py would encode word by word.
-APPLY = "for _, c in ipairs(cjson.decode(ARGV[1])) do redis.call(unpack(c)) end return 1"
+MULTI = hiredis.pack_command(("MULTI",))
+EXEC = hiredis.pack_command(("EXEC",))
 
-# ARGV: key, value, milliseconds, commands (as for APPLY). SET NX PX, and only if that set the key
-# run the commands; else answer the value held (a script runs alone: it cannot expire meanwhile).
+# ARGV: key, value, milliseconds, commands (a JSON list: orjson builds it in C). SET NX PX, and
+# only if that set the key run the commands; else answer the value held (a script runs alone: it
+# cannot expire meanwhile).
 CLAIM = """
 if redis.call('SET', ARGV[1], ARGV[2], 'NX', 'PX', ARGV[3]) then
   for _, c in ipairs(cjson.decode(ARGV[4])) do redis.call(unpack(c)) end
@@ -58,11 +58,15 @@ def _text(value: object) -> str:
     raise TypeError(f"redis_batch.Tx: cannot send {type(value).__name__} {value!r}")
 
 
-class Tx:
-    """Commands to apply atomically with :meth:`RedisBatch.apply` (a Lua call, not MULTI/EXEC).
+_TRANSACTION = object()  # first word of a queued Tx: MULTI, its commands, EXEC
 
-    Words are str, bytes (UTF-8 text), int or float; Lua hands numbers to Redis as ``%.17g``
-    strings, which read back as the same float."""
+
+class Tx:
+    """Commands to apply atomically with :meth:`RedisBatch.apply` (MULTI … EXEC) or
+    :meth:`RedisBatch.claim` (a Lua call).
+
+    Words are str, bytes (UTF-8 text), int or float; floats go as their shortest repr (hiredis)
+    or as ``%.17g`` (Lua), both of which read back as the same float."""
 
     __slots__ = ("commands",)
 
@@ -136,9 +140,18 @@ class RedisBatch(TickBatcher):
         return result
 
     async def apply(self, tx: Tx) -> None:
-        """Run ``tx``'s commands in order as one atomic unit."""
+        """Run ``tx``'s commands in order as one atomic unit: MULTI, the commands, EXEC.
+
+        Not a Lua call: Redis spent about two thirds of such a script's time in Lua itself
+        (decoding the commands, bridging each ``redis.call``), not in the commands
+        (bench/RESULTS.md, session 12). A command Redis refuses while queueing (a wrong
+        argument count) applies none of them; one that fails as it runs (a wrong type) fails
+        the call while the others stand, as in a script."""
         if tx:
-            await self.script(APPLY, orjson.dumps(tx.commands, default=_text))
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._enqueue(((_TRANSACTION, tx.commands), fut))
+            await fut
 
     async def claim(self, key: str, value: bytes, ttl_ms: int, tx: Tx) -> bytes | None:
         """Set ``key`` to ``value`` for ``ttl_ms`` unless it is set; only if this call set it, run
@@ -157,8 +170,14 @@ class RedisBatch(TickBatcher):
         callbacks = self._r.response_callbacks  # what execute_command makes of each reply
         for args, fut in batch:
             try:
-                packed.append(hiredis.pack_command(args))
-                sent.append((callbacks.get(args[0]), fut))
+                if args[0] is _TRANSACTION:
+                    commands = args[1]
+                    words = b"".join([hiredis.pack_command(c) for c in commands])
+                    packed.append(MULTI + words + EXEC)
+                    sent.append((len(commands), fut))  # a count: that many QUEUED replies
+                else:
+                    packed.append(hiredis.pack_command(args))
+                    sent.append((callbacks.get(args[0]), fut))
             except TypeError as exc:  # a word Redis has no type for (None, a bool): only this one
                 if not fut.done():
                     fut.set_exception(DataError(f"redis_batch: cannot send {args!r}: {exc}"))
@@ -177,7 +196,11 @@ class RedisBatch(TickBatcher):
                 await conn.send_packed_command(b"".join(packed), check_health=False)
                 replies = _Replies(conn)
                 for callback, fut in sent:
-                    reply = await replies.next()  # a ResponseError is this command's alone
+                    if type(callback) is int:
+                        reply = await replies.transaction(callback)
+                        callback = None
+                    else:
+                        reply = await replies.next()  # a ResponseError is this command's alone
                     replied += 1
                     if fut.done():  # its caller was cancelled
                         continue
@@ -232,6 +255,21 @@ class _Replies:
         if isinstance(reply, RedisConnectionError):
             raise reply  # the server dropped us mid-pipeline: the rest of it fails
         return reply
+
+    async def transaction(self, count: int) -> Any:
+        """MULTI's reply, ``count`` QUEUED ones and EXEC's: EXEC's list of replies, or the
+        first error among them (a ResponseError, returned as ``next`` returns one)."""
+        refused = None
+        for _ in range(count + 1):  # MULTI's +OK, then a +QUEUED (or an error) per command
+            reply = await self.next()
+            if refused is None and isinstance(reply, Exception):
+                refused = reply
+        done = await self.next()
+        if refused is not None:  # EXEC answered EXECABORT: nothing was applied
+            return ResponseError(f"{refused} (transaction not applied)")
+        if isinstance(done, Exception):
+            return done
+        return next((r for r in done if isinstance(r, Exception)), done)
 
     async def _read_more(self) -> None:
         timeout = self._conn.socket_timeout

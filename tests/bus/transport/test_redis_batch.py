@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Connection, ConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
+from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bus.envelope import new_id
@@ -100,6 +100,37 @@ async def test_tx_applies_its_commands_in_order_with_exact_values(redis: tuple[R
     assert h[b"doc"].decode() == '{"a": "é"}'
     assert await client.zscore(f"{p}:z", "m") == at
     assert await client.lrange(f"{p}:l", 0, -1) == [b"first", b"second"]
+
+
+async def test_tx_refused_while_queueing_applies_nothing(redis: tuple[Redis, str]) -> None:
+    """A command Redis refuses as it is queued (wrong arity): the Tx raises, none of it applies,
+    and the commands pipelined around it get their own replies."""
+    client, p = redis
+    batch = RedisBatch(client)
+    tx = Tx()
+    tx.add("SET", f"{p}:a", "1")
+    tx.add("HSET", f"{p}:h")  # no field, no value
+    before = batch.call("SET", f"{p}:before", "x")
+    applying = asyncio.ensure_future(batch.apply(tx))
+    after = batch.call("GET", f"{p}:before")
+    with pytest.raises(ResponseError, match="transaction not applied"):
+        await applying
+    assert (await before, await after) == (True, b"x")
+    assert await client.exists(f"{p}:a", f"{p}:h") == 0
+
+
+async def test_tx_command_failing_as_it_runs_fails_the_call(redis: tuple[Redis, str]) -> None:
+    """A command that fails as it runs (wrong type) makes apply raise; the others stand, as
+    they would in a Lua script up to its failing call."""
+    client, p = redis
+    await client.hset(f"{p}:h", "f", "v")
+    batch = RedisBatch(client)
+    tx = Tx()
+    tx.add("SET", f"{p}:a", "1")
+    tx.add("RPUSH", f"{p}:h", "x")  # a hash, not a list
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await batch.apply(tx)
+    assert await client.get(f"{p}:a") == b"1"
 
 
 async def test_connection_failure_fails_every_caller() -> None:
