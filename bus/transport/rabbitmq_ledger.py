@@ -18,8 +18,9 @@ Keys (``p`` = prefix), each message's keys expire ``ttl`` seconds after its last
                         recorded yet, by receipt (``rabbitmq_stranded`` republishes old ones)
 
 Each write is one atomic transaction (``redis_batch.Tx``: MULTI/EXEC, or a Lua call for a
-dedupe claim), so a reader never sees a state without its ledger lines; the writes and record reads of concurrent deliveries share pipelines
-(``RedisBatch``, group commit) instead of paying a round trip each.
+dedupe claim), so a reader never sees a state without its ledger lines; the writes and record
+reads of concurrent deliveries share pipelines (``RedisBatch``, group commit) instead of paying
+a round trip each.
 """
 
 from __future__ import annotations
@@ -304,7 +305,10 @@ class RedisLedger(LedgerReads):
         if dead is not None:
             step, error, chain = dead
             fields.update(
-                error=error, step=orjson.dumps(step), chain=orjson.dumps(list(chain)), dead_at=stamp
+                error=error,
+                step=orjson.dumps(step),
+                chain=orjson.dumps(list(chain)),
+                dead_at=stamp,
             )
             tx.add("ZADD", self._k("dlq", "all"), stamp, envelope.id)
             tx.add("ZADD", self._k("dlq", "flow", envelope.flow), stamp, envelope.id)

@@ -148,10 +148,7 @@ class RedisBatch(TickBatcher):
         argument count) applies none of them; one that fails as it runs (a wrong type) fails
         the call while the others stand, as in a script."""
         if tx:
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[Any] = loop.create_future()
-            self._enqueue(((_TRANSACTION, tx.commands), fut))
-            await fut
+            await self.call(_TRANSACTION, tx.commands)
 
     async def claim(self, key: str, value: bytes, ttl_ms: int, tx: Tx) -> bytes | None:
         """Set ``key`` to ``value`` for ``ttl_ms`` unless it is set; only if this call set it, run
@@ -225,11 +222,12 @@ class _Replies:
     """A pipeline's replies, read off the connection's hiredis reader one by one.
 
     What ``Connection.read_response`` does per reply, less its per-call machinery (a timeout
-    context, the host's name formatted for an error that may never come, the health-check clock):
-    10-12 µs a reply against 2.3 (bench/RESULTS.md, session 12). ``socket_timeout`` bounds each
-    wait for more bytes from the socket, as it bounds a read there. It reaches into the
-    connection's parser: pyproject.toml pins the redis-py major this was written against, and a
-    parser other than hiredis's fails at the first pipeline, not silently."""
+    context, the host's name formatted for an error that may never come, the health-check
+    clock): 13 µs a reply against 32 in pipelines of 16 (bench/redis_replies.py).
+    ``socket_timeout`` bounds each wait for more bytes from the socket, as it bounds a read
+    there. It reaches into the connection's parser: pyproject.toml pins the redis-py major this
+    was written against, and a parser other than hiredis's fails at the first pipeline, not
+    silently."""
 
     __slots__ = ("_conn", "_parser", "_reader")
 
