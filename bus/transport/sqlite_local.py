@@ -1,17 +1,20 @@
 """The order of work when one process has the embedded file to itself.
 
 The process knows every message there is, so the order of work lives in memory: one FlowQueue
-per flow (ready messages and a timer heap), loaded from SQLite at start and fed after each
-commit, and exact backlog counters. No lease is written: nobody else could take a message.
+per flow (ready messages and a timer heap; past its window, message ids read back from the
+file in batches), loaded from SQLite at start and fed after each commit, and exact backlog
+counters. No lease is written: nobody else could take a message.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
+
+import structlog
 
 from bus.envelope import Envelope
 from bus.errors import BackpressureError
@@ -22,6 +25,8 @@ from bus.transport.sqlite_scheduler import FlowQueue
 
 if TYPE_CHECKING:
     from bus.transport.sqlite import SqliteTransport
+
+log = structlog.get_logger("tieline.transport")
 
 
 class LocalQueues:
@@ -45,8 +50,11 @@ class LocalQueues:
         """Load every queued message; leases left by processes that shared the file are void."""
         now = self._clock()
         await self._t.writer.call(ops.clear_leases, (now,))
-        for envelope, available_at in await self._t.reader.read(store.load_queued):
-            self.enqueue(envelope, available_at)
+        for flow, (ids, available) in (await self._t.reader.read(store.load_queued)).items():
+            self._backlog[flow] += len(ids)
+            queue = self._queue(flow)
+            for message_id, available_at in zip(ids, available, strict=True):
+                queue.put_id(message_id, available_at)
         self._running = True
         for flow in self._consumers:
             self._spawn(flow)
@@ -93,8 +101,18 @@ class LocalQueues:
     def _queue(self, flow: str) -> FlowQueue:
         queue = self._queues.get(flow)
         if queue is None:
-            queue = self._queues[flow] = FlowQueue(self._clock, self._poll)
+            queue = self._queues[flow] = FlowQueue(self._clock, self._poll, self._read_back,
+                                                   lost=lambda message_id: self._lost(flow, message_id))
         return queue
+
+    async def _read_back(self, message_ids: Sequence[str]) -> dict[str, Envelope]:
+        return await self._t.reader.read(store.load_envelopes, message_ids)
+
+    def _lost(self, flow: str, message_id: str) -> None:
+        """A message queued by id was not queued in the file when read back. Only another
+        program writing the file does that; it no longer counts in the backlog."""
+        self._backlog[flow] -= 1
+        log.warning("queued_message_missing", flow=flow, message_id=message_id)
 
     # ----- consuming --------------------------------------------------------------------
     def consume(self, flow: str, handler: Handler, concurrency: int) -> None:

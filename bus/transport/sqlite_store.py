@@ -217,13 +217,34 @@ def _entry(row: tuple) -> LedgerEntry:
     )
 
 
-def load_queued(conn: sqlite3.Connection) -> list[tuple[Envelope, float]]:
-    """Every queued message (ready or scheduled), oldest first: what a restart must run."""
+def load_queued(conn: sqlite3.Connection) -> dict[str, tuple[list[str], list[float]]]:
+    """Every queued message (ready or scheduled), oldest first, as its id and available_at
+    per flow: what a restart must run. Ids, not envelopes: the queues read envelopes back as
+    they go. Two flat lists per flow rather than a tuple per row: a large backlog is loaded
+    at once, and a tuple per row was most of what that cost in memory."""
+    out: dict[str, tuple[list[str], list[float]]] = {}
     rows = conn.execute(
-        "SELECT envelope, available_at FROM messages WHERE state = ? ORDER BY created_at, id",
+        "SELECT flow, id, available_at FROM messages WHERE state = ? ORDER BY created_at, id",
         (_QUEUED,),
+    )
+    for flow, message_id, available_at in rows:
+        lists = out.get(flow)
+        if lists is None:
+            lists = out[flow] = ([], [])
+        lists[0].append(message_id)
+        lists[1].append(available_at)
+    return out
+
+
+def load_envelopes(conn: sqlite3.Connection, message_ids: Sequence[str]) -> dict[str, Envelope]:
+    """The envelopes of those of ``message_ids`` still queued, by id."""
+    # The state is checked here, not in SQL: with `state = ?` there SQLite walks the
+    # (state, flow) index over every queued message instead of looking the ids up.
+    rows = conn.execute(
+        f"SELECT id, state, envelope FROM messages WHERE id IN ({','.join('?' * len(message_ids))})",
+        message_ids,
     ).fetchall()
-    return [(Envelope.from_json(env), at) for env, at in rows]
+    return {mid: Envelope.from_json(env) for mid, state, env in rows if state == _QUEUED}
 
 
 def get_record(conn: sqlite3.Connection, message_id: str) -> MessageRecord | None:
