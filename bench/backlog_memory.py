@@ -26,18 +26,18 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as c  # noqa: E402
+
+ROOT = c.ROOT
 BODY = {"type": "order.created", "data": {"id": "o-00000", "phone": "+14155550100",
                                           "total": 129.5, "currency": "EUR",
                                           "items": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]}}
 
 
 def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return c.rss_kib(os.getpid()) / 1024
 
 
 async def fill(path: Path, n: int) -> None:
