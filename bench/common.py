@@ -350,20 +350,24 @@ def invocation() -> str:
 
 
 # ----- tieline without delivery: ingress alone ------------------------------------------------
-def serve_ingress_only(config: str, port: int) -> None:
+def serve_ingress_only(config: str, port: int, asgi: bool = False) -> None:
     """``tieline run`` minus the consumer (``Runtime.start(consume=False)``): what ingress alone
-    costs — verify, parse, commit, 202 — with no delivery competing for the event loop."""
+    costs — verify, parse, commit, 202 — with no delivery competing for the event loop.
+    ``asgi``: webhooks through uvicorn's ASGI cycle and Starlette, as before the fast path."""
     import uvicorn
     import uvloop
 
     from bus.http.app import build_app
+    from bus.http.fast_hooks import hook_protocol
     from bus.logs import configure
     from bus.runtime import Runtime
 
     async def main() -> None:
         runtime = Runtime.from_file(config)
         await runtime.start(consume=False)
-        server = uvicorn.Server(uvicorn.Config(build_app(runtime), host="127.0.0.1", port=port,
+        app = build_app(runtime)  # served as Runtime.serve serves it
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                               http="auto" if asgi else hook_protocol(runtime, app),
                                                log_level="warning", lifespan="off",
                                                access_log=False))
         try:
@@ -386,6 +390,6 @@ def tune_process() -> None:
     tune()
 
 
-if __name__ == "__main__":  # python bench/common.py ingress-only CONFIG PORT
+if __name__ == "__main__":  # python bench/common.py ingress-only CONFIG PORT [asgi]
     if sys.argv[1:2] == ["ingress-only"]:
-        serve_ingress_only(sys.argv[2], int(sys.argv[3]))
+        serve_ingress_only(sys.argv[2], int(sys.argv[3]), sys.argv[4:5] == ["asgi"])

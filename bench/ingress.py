@@ -78,14 +78,15 @@ def start_servers(tmp: Path, args: argparse.Namespace,
     port = c.free_port()
     cfg = c.write_config(tmp / "tieline", port, f"http://127.0.0.1:{sink_port}", sync=args.sync)
     servers["tieline"] = (port, c.start_tieline(cfg, port, tmp / "tieline.log"))
-    if "tieline-no-delivery" in args.servers:
+    for name, extra in (("tieline-no-delivery", []), ("tieline-no-delivery-asgi", ["asgi"])):
+        if name not in args.servers:
+            continue
         port = c.free_port()
-        cfg = c.write_config(tmp / "nodelivery", port, f"http://127.0.0.1:{sink_port}",
-                             sync=args.sync)
-        proc = c.spawn([c.PY, str(c.BENCH / "common.py"), "ingress-only", str(cfg), str(port)],
-                       cwd=cfg.parent, log=tmp / "nodelivery.log")
+        cfg = c.write_config(tmp / name, port, f"http://127.0.0.1:{sink_port}", sync=args.sync)
+        proc = c.spawn([c.PY, str(c.BENCH / "common.py"), "ingress-only", str(cfg), str(port),
+                        *extra], cwd=cfg.parent, log=tmp / f"{name}.log")
         c.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        servers["tieline-no-delivery"] = (port, proc)
+        servers[name] = (port, proc)
     for name in ("tieline-rabbit", "tieline-rabbit-x2", "tieline-serve", "tieline-serve-x2"):
         if name in args.servers:
             servers.update(start_serve_servers(tmp, name, f"http://127.0.0.1:{sink_port}", args))
@@ -203,6 +204,8 @@ def main() -> None:
     ap.add_argument("--sync", default="full", choices=["full", "normal"])
     ap.add_argument("--servers", default="bare,tieline,tieline-no-delivery,nodered",
                     help="comma-separated; tieline-no-delivery = the bus with its consumer off; "
+                         "tieline-no-delivery-asgi = the same with webhooks through uvicorn's "
+                         "ASGI cycle and Starlette (no fast path); "
                          "bare-durable = bare_app.py's durable floor (verify, SQLite commit); "
                          "tieline-rabbit / tieline-rabbit-x2 = `tieline serve` on RabbitMQ, "
                          "tieline-serve / tieline-serve-x2 = `tieline serve` on a shared embedded "
@@ -276,7 +279,11 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace, backlog: dict,
             out.append(f"- tieline / {other}: median ratio {c.median(ratios):.2f} "
                        f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})")
     for a, b, why in (("bare-durable", "bare", " (what durability alone costs on this stack)"),
-                      ("tieline-no-delivery", "bare-durable", " (ingress alone vs the floor)")):
+                      ("tieline-no-delivery", "bare-durable", " (ingress alone vs the floor)"),
+                      ("tieline-no-delivery", "bare", " (ingress alone vs the bare endpoint)"),
+                      ("tieline-no-delivery", "nodered", " (ingress alone vs Node-RED)"),
+                      ("tieline-no-delivery", "tieline-no-delivery-asgi",
+                       " (the webhook fast path vs the ASGI route)")):
         if a in runs and b in runs:
             ratios = [x["ok_rps"] / y["ok_rps"] for x, y in zip(runs[a], runs[b], strict=True)]
             out.append(f"- {a} / {b}{why}: median ratio {c.median(ratios):.2f} "

@@ -251,6 +251,7 @@ class Runtime:
         import uvicorn
 
         from bus.http.app import build_app
+        from bus.http.fast_hooks import hook_protocol
 
         http = self.config.settings.http
         tls: dict = {}
@@ -259,9 +260,11 @@ class Runtime:
             from bus.security.tls import server_ssl_context, uvicorn_ssl
 
             tls = uvicorn_ssl(server_ssl_context(cert, key, min_version=http.tls_min_version))
+        app = build_app(self)
         server = uvicorn.Server(
             uvicorn.Config(
-                build_app(self),
+                app,
+                http=hook_protocol(self, app),  # webhooks skip the ASGI cycle (fast_hooks)
                 host=host or http.host,
                 port=port if port is not None else http.port,
                 log_level="warning",

@@ -14,6 +14,7 @@ import pytest
 import structlog
 
 from bus.http.app import build_app
+from bus.http.fast_hooks import hook_protocol
 from bus.runtime import Runtime
 from bus.transport.base import TERMINAL, MessageState
 from connectors.testing.server import bind, serve_app
@@ -69,7 +70,8 @@ def make_bus(tmp_path: Path) -> Callable[..., object]:
         runtime = Runtime.from_file(path, env={"BUS_URL": bus_url, **own})
         await runtime.start()
         try:
-            async with serve_app(build_app(runtime), sock=sock) as url:
+            app = build_app(runtime)  # served as `tieline run` serves it: hooks on the fast path
+            async with serve_app(app, sock=sock, http=hook_protocol(runtime, app)) as url:
                 async with httpx.AsyncClient(base_url=url, timeout=10) as client:
                     yield Bus(runtime, url, client)
         finally:

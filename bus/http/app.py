@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from bus.http import api, api_dlq, ingress, observability, sync_routes
-from bus.http.limits import HeaderLimits, RateLimit
+from bus.http.limits import HeaderLimits, RateLimit, RateLimiter
 from bus.http.openapi import document
 from bus.http.responses import JSON, error
 
@@ -66,7 +66,8 @@ def build_app(runtime: Runtime) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
     rate = runtime.config.settings.http.rate_limit
     if rate is not None:
-        app.add_middleware(RateLimit, rate=rate)
+        app.state.rate_limiter = RateLimiter(rate)  # shared with the webhook fast path
+        app.add_middleware(RateLimit, limiter=app.state.rate_limiter)
     app.add_middleware(HeaderLimits)
     app.add_middleware(observability.RequestCounter, runtime=runtime)  # outermost: counts 429s too
     return app

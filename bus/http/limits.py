@@ -11,38 +11,66 @@ import hashlib
 import hmac
 import ipaddress
 import math
+from collections.abc import Iterable, Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bus.config.model import IngressRule, Rate
+from bus.http.answer import Answer, refusal
 from bus.http.observability import _template
-from bus.http.responses import error
+from bus.http.responses import answer_response
 from bus.security.ratelimit import TokenBucket
 
 UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-class RateLimit:
-    def __init__(self, app: ASGIApp, rate: Rate):
-        self.app = app
+class RateLimiter:
+    """The token buckets, one per client and route template. The middleware below and the
+    webhook fast path (``fast_hooks``) share one, so a client has one budget per route."""
+
+    def __init__(self, rate: Rate):
         self.bucket = TokenBucket(rate.per_second, int(max(1, rate.burst)))
+
+    def refusal(self, client: str, template: str) -> Answer | None:
+        """A 429 when ``client`` (see :func:`client_key`) is over its rate on ``template``."""
+        wait = self.bucket.take(f"{client} {template}")
+        if wait <= 0:
+            return None
+        retry = str(max(1, math.ceil(wait)))
+        return refusal(429, "rate_limited", f"too many requests; retry in {retry} s",
+                       headers=(("Retry-After", retry),))
+
+
+class RateLimit:
+    def __init__(self, app: ASGIApp, limiter: RateLimiter):
+        self.app = app
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNLIMITED:
             await self.app(scope, receive, send)
             return
-        wait = self.bucket.take(f"{_client(scope)} {_template(scope)}")
-        if wait > 0:
-            retry = str(max(1, math.ceil(wait)))
-            response = error(429, "rate_limited", f"too many requests; retry in {retry} s",
-                             **{"Retry-After": retry})
-            await response(scope, receive, send)
+        client = scope.get("client")
+        refused = self.limiter.refusal(client_key(scope.get("headers", ()), client[0] if client else None),
+                                       _template(scope))
+        if refused is not None:
+            await answer_response(refused)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
 
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 16 * 1024
+
+
+def header_refusal(headers: Sequence[tuple[bytes, bytes]]) -> Answer | None:
+    """A 431 for requests with too many or too large headers."""
+    size = sum(len(k) + len(v) for k, v in headers)
+    if len(headers) > MAX_HEADERS or size > MAX_HEADER_BYTES:
+        return refusal(431, "headers_too_large",
+                       f"request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes",
+                       {"fields": len(headers), "bytes": size})
+    return None
 
 
 class HeaderLimits:
@@ -53,23 +81,19 @@ class HeaderLimits:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            headers = scope.get("headers", ())
-            size = sum(len(k) + len(v) for k, v in headers)
-            if len(headers) > MAX_HEADERS or size > MAX_HEADER_BYTES:
-                response = error(431, "headers_too_large",
-                                 f"request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes",
-                                 {"fields": len(headers), "bytes": size})
-                await response(scope, receive, send)
+            refused = header_refusal(scope.get("headers", ()))
+            if refused is not None:
+                await answer_response(refused)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def _client(scope: Scope) -> str:
-    for name, value in scope.get("headers", ()):
+def client_key(headers: Iterable[tuple[bytes, bytes]], peer_ip: str | None) -> str:
+    """Who a request is for rate limits: its bearer token (hashed) or else its peer address."""
+    for name, value in headers:
         if name == b"authorization" and value[:7].lower() == b"bearer ":
             return "token:" + hashlib.sha256(value[7:]).hexdigest()[:16]
-    client = scope.get("client")
-    return f"ip:{client[0]}" if client else "ip:?"
+    return f"ip:{peer_ip}" if peer_ip else "ip:?"
 
 
 def check_hook(rule: IngressRule | None, client_ip: str, headers: dict[str, str]) -> tuple[int, str] | None:

@@ -7,6 +7,8 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from bus.http.answer import Answer
+
 
 class JSON(Response):
     media_type = "application/json"
@@ -18,3 +20,9 @@ class JSON(Response):
 def error(status: int, code: str, message: str, details: Any = None, **headers: str) -> JSON:
     body = {"error": {"code": code, "message": message, "details": details}}
     return JSON(body, status_code=status, headers=headers or None)
+
+
+def answer_response(answer: Answer) -> Response:
+    """A plain answer (``bus.http.answer``) as a Starlette response."""
+    return Response(answer.body, answer.status, dict(answer.headers) or None,
+                    media_type="application/json")

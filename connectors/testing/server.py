@@ -48,11 +48,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _server(app: ASGIApp) -> uvicorn.Server:
+def _server(app: ASGIApp, http: type[asyncio.Protocol] | str = "auto") -> uvicorn.Server:
     # log_config=None: leave the test process's logging alone; a short graceful timeout so a
     # handler still sleeping cannot hold shutdown for long.
     config = uvicorn.Config(
-        app, log_config=None, log_level="warning", access_log=False, timeout_graceful_shutdown=3
+        app, log_config=None, log_level="warning", access_log=False, timeout_graceful_shutdown=3,
+        http=http,
     )
     return uvicorn.Server(config)
 
@@ -66,15 +67,17 @@ async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
 
 @asynccontextmanager
 async def serve_app(
-    app: ASGIApp, host: str = "127.0.0.1", *, sock: socket.socket | None = None
+    app: ASGIApp, host: str = "127.0.0.1", *, sock: socket.socket | None = None,
+    http: type[asyncio.Protocol] | str = "auto",
 ) -> AsyncIterator[str]:
     """Serve ``app`` on ``host`` in the running event loop; yields ``http://host:port``.
 
     ``sock``: an already bound socket (see :func:`bind`), when the URL must be known before the
-    app is built (a bus whose connectors call its own sandbox).
+    app is built (a bus whose connectors call its own sandbox). ``http``: uvicorn's HTTP
+    protocol (a bus serves with ``bus.http.fast_hooks.hook_protocol``, as ``tieline run`` does).
     """
     sock = sock or _bind(host)
-    server = _server(app)
+    server = _server(app, http)
     task = asyncio.create_task(_serve(server, sock))
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
