@@ -196,7 +196,9 @@ class HookProtocol(HttpToolsProtocol):
         previous = self.cycle
         self.cycle = cycle  # type: ignore[assignment]
         if previous is None or previous.response_complete:
-            self._start_asgi_task(cycle, None)  # type: ignore[arg-type]
+            task = self.loop.create_task(cycle.run_asgi(None))
+            task.add_done_callback(self.tasks.discard)  # uvicorn's shutdown waits for these
+            self.tasks.add(task)
         else:  # pipelined behind a request still being answered: uvicorn starts it after
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, None))  # type: ignore[arg-type]
