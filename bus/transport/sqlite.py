@@ -20,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -41,6 +42,7 @@ from bus.transport.entries import received_entry
 from bus.transport.sqlite_delivery import SqliteDelivery
 from bus.transport.sqlite_local import LocalQueues
 from bus.transport.sqlite_lock import FileLock
+from bus.transport.sqlite_publish import publish_together
 from bus.transport.sqlite_schema import create_schema
 from bus.transport.sqlite_shared import DEFAULT_LEASE, SharedQueues
 from bus.transport.sqlite_writer import Connect, GroupCommitWriter, Reader, Sync
@@ -328,12 +330,7 @@ class Publish:
         backlog if the file is shared and full. Plain SQL over captured values: the writer
         may run it again after a rollback."""
         t, now, envs = self.transport, self.now, self.envs
-        if now - t._dedupe_expired_at >= DEDUPE_EXPIRY_EVERY:
-            batch = store.PRUNE_BATCH
-            expired = store.dedupe_expire(conn, now, batch)
-            pruned = store.prune_finished(conn, now - t._retention, batch)
-            behind = max(expired, pruned) >= batch  # more left: again in a second
-            t._dedupe_expired_at = now - (DEDUPE_EXPIRY_EVERY - 1.0 if behind else 0.0)
+        self.housekeep(conn)
         if t.queues.shared and (backlog := t.queues.over_bound(conn, len(envs))) is not None:
             return _OverBound(backlog)
         key = self.dedupe_key
@@ -352,6 +349,21 @@ class Publish:
             conn, [*(received_entry(e, now, self.delay) for e in envs), *self.entries]
         )
         return None
+
+    @staticmethod
+    def work_together(conn: sqlite3.Connection, jobs: list[Publish]) -> list[Any] | None:
+        """``work`` of each of ``jobs`` in a few statements (``sqlite_publish``), or None."""
+        return publish_together(conn, jobs)
+
+    def housekeep(self, conn: sqlite3.Connection) -> None:
+        """Every DEDUPE_EXPIRY_EVERY seconds: drop expired dedupe claims, finished messages."""
+        t, now = self.transport, self.now
+        if now - t._dedupe_expired_at >= DEDUPE_EXPIRY_EVERY:
+            batch = store.PRUNE_BATCH
+            expired = store.dedupe_expire(conn, now, batch)
+            pruned = store.prune_finished(conn, now - t._retention, batch)
+            behind = max(expired, pruned) >= batch  # more left: again in a second
+            t._dedupe_expired_at = now - (DEDUPE_EXPIRY_EVERY - 1.0 if behind else 0.0)
 
     def operation(self) -> tuple[ops.Op, tuple]:
         return ops.publish, (self.envs, self.dedupe_key, self.now, self.delay, list(self.entries))

@@ -20,36 +20,33 @@ _DEAD = MessageState.DEAD.value
 
 
 # ----- writes (inside the writer's transaction) --------------------------------------------
+INSERT_MESSAGE = ("INSERT INTO messages (id, flow, state, envelope, available_at, created_at,"
+                  " updated_at, correlation_id)")
+INSERT_LEDGER = "INSERT INTO ledger (message_id, at, kind, flow, step, attempt, outcome, error, detail)"
+
+
+def message_row(e: Envelope, available_at: float, now: float) -> tuple:
+    """The values of INSERT_MESSAGE for ``e``, queued."""
+    return (e.id, e.flow, _QUEUED, e.to_json(), available_at, now, now, e.correlation_id)
+
+
+def ledger_row(e: LedgerEntry) -> tuple:
+    """The values of INSERT_LEDGER for ``e``."""
+    return (e.message_id, e.at, e.kind, e.flow, e.step, e.attempt, e.outcome, e.error,
+            orjson.dumps(e.detail) if e.detail else None)
+
+
 def insert_messages(
     conn: sqlite3.Connection, rows: Iterable[tuple[Envelope, float]], now: float
 ) -> None:
     """Store envelopes as queued messages, each with its own ``available_at``."""
-    conn.executemany(
-        "INSERT INTO messages (id, flow, state, envelope, available_at, created_at, updated_at,"
-        " correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(e.id, e.flow, _QUEUED, e.to_json(), at, now, now, e.correlation_id) for e, at in rows],
-    )
+    conn.executemany(INSERT_MESSAGE + " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     [message_row(e, at, now) for e, at in rows])
 
 
 def insert_ledger(conn: sqlite3.Connection, entries: Iterable[LedgerEntry]) -> None:
-    conn.executemany(
-        "INSERT INTO ledger (message_id, at, kind, flow, step, attempt, outcome, error, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                e.message_id,
-                e.at,
-                e.kind,
-                e.flow,
-                e.step,
-                e.attempt,
-                e.outcome,
-                e.error,
-                orjson.dumps(e.detail) if e.detail else None,
-            )
-            for e in entries
-        ],
-    )
+    conn.executemany(INSERT_LEDGER + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     [ledger_row(e) for e in entries])
 
 
 def update_message(
@@ -122,6 +119,11 @@ def dedupe_claim(
     )
     if cur.rowcount:
         return None
+    return dedupe_holder(conn, key)
+
+
+def dedupe_holder(conn: sqlite3.Connection, key: str) -> list[str]:
+    """The message ids of the claim on ``key`` (one that is there)."""
     row = conn.execute("SELECT message_ids FROM dedupe WHERE key = ?", (key,)).fetchone()
     return orjson.loads(row[0])
 

@@ -206,9 +206,7 @@ class GroupCommitWriter:
             waited = time.perf_counter()
             _begin(conn)
             self.stats["lock_wait_s"] += time.perf_counter() - waited
-            results = []
-            for job in jobs:
-                results.append((True, job.work(conn)))
+            results = _run_jobs(conn, jobs)
         except Exception:
             self._rollback(conn)
             return self._reclaim_if_full(conn, self._commit_one_by_one(jobs))
@@ -365,6 +363,25 @@ def _while_locked(conn: sqlite3.Connection, statement: str, pause: float, longes
                 raise
         time.sleep(pause)
         pause = min(pause * 1.5, longest)
+
+
+def _run_jobs(conn: sqlite3.Connection, jobs: list[Job]) -> list[tuple[bool, Any]]:
+    """Each job's work, in order; a run of jobs of one class that can work together
+    (``work_together``, e.g. publishes: ``sqlite_publish``) makes one call for the run."""
+    results: list[tuple[bool, Any]] = []
+    i = 0
+    while i < len(jobs):
+        kind = type(jobs[i])
+        together = getattr(kind, "work_together", None)
+        end = i + 1
+        while together is not None and end < len(jobs) and type(jobs[end]) is kind:
+            end += 1
+        values = together(conn, jobs[i:end]) if end - i > 1 else None
+        if values is None:
+            values = [job.work(conn) for job in jobs[i:end]]
+        results += [(True, v) for v in values]
+        i = end
+    return results
 
 
 def _begin(conn: sqlite3.Connection) -> None:
