@@ -143,6 +143,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def checkout(rev: str, into: Path) -> Path:
+    """git revision ``rev``'s ``bus``, ``connectors`` and ``cli.py`` extracted into ``into``
+    (put it first on PYTHONPATH to run that revision): an A/B within one session."""
+    archive = subprocess.run(["git", "archive", rev, "bus", "connectors", "cli.py"], cwd=ROOT,
+                             check=True, capture_output=True).stdout
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 def spawn(cmd: list[str], *, cwd: Path = ROOT, env: dict[str, str] | None = None,
           log: Path | None = None) -> subprocess.Popen:
     """Start ``cmd`` in its own process group (so :func:`stop` ends it and its children only)."""
@@ -358,7 +368,6 @@ def serve_ingress_only(config: str, port: int, asgi: bool = False) -> None:
     import uvloop
 
     from bus.http.app import build_app
-    from bus.http.fast_hooks import hook_protocol
     from bus.logs import configure
     from bus.runtime import Runtime
 
@@ -366,8 +375,14 @@ def serve_ingress_only(config: str, port: int, asgi: bool = False) -> None:
         runtime = Runtime.from_file(config)
         await runtime.start(consume=False)
         app = build_app(runtime)  # served as Runtime.serve serves it
+        try:
+            from bus.http.fast_hooks import hook_protocol
+        except ImportError:  # a revision from before the fast path (ingress.py --against)
+            asgi_only = True
+        else:
+            asgi_only = asgi
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               http="auto" if asgi else hook_protocol(runtime, app),
+                                               http="auto" if asgi_only else hook_protocol(runtime, app),
                                                log_level="warning", lifespan="off",
                                                access_log=False))
         try:

@@ -114,13 +114,6 @@ def run_child(tree: Path, n: int, sink_port: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def checkout(rev: str, into: Path) -> Path:
-    archive = subprocess.run(["git", "archive", rev, "bus", "connectors", "cli.py"], cwd=ROOT,
-                             check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def main() -> None:
     import common as c
 
@@ -141,7 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tieline-delivery-") as tmp:
         trees = {"this tree": ROOT}
         if args.against:
-            trees[args.against] = checkout(args.against, Path(tmp))
+            trees[args.against] = c.checkout(args.against, Path(tmp))
         try:
             for r in range(args.rounds):
                 names = list(trees) if r % 2 == 0 else list(reversed(trees))

@@ -78,13 +78,15 @@ def start_servers(tmp: Path, args: argparse.Namespace,
     port = c.free_port()
     cfg = c.write_config(tmp / "tieline", port, f"http://127.0.0.1:{sink_port}", sync=args.sync)
     servers["tieline"] = (port, c.start_tieline(cfg, port, tmp / "tieline.log"))
-    for name, extra in (("tieline-no-delivery", []), ("tieline-no-delivery-asgi", ["asgi"])):
+    for name, extra in (("tieline-no-delivery", []), ("tieline-no-delivery-asgi", ["asgi"]),
+                        (f"tieline-no-delivery@{args.against}", [])):
         if name not in args.servers:
             continue
         port = c.free_port()
         cfg = c.write_config(tmp / name, port, f"http://127.0.0.1:{sink_port}", sync=args.sync)
+        env = {"PYTHONPATH": str(c.checkout(args.against, tmp / "against"))} if "@" in name else {}
         proc = c.spawn([c.PY, str(c.BENCH / "common.py"), "ingress-only", str(cfg), str(port),
-                        *extra], cwd=cfg.parent, log=tmp / f"{name}.log")
+                        *extra], cwd=cfg.parent, env=env, log=tmp / f"{name}.log")
         c.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
         servers[name] = (port, proc)
     for name in ("tieline-rabbit", "tieline-rabbit-x2", "tieline-serve", "tieline-serve-x2"):
@@ -210,12 +212,17 @@ def main() -> None:
                          "tieline-rabbit / tieline-rabbit-x2 = `tieline serve` on RabbitMQ, "
                          "tieline-serve / tieline-serve-x2 = `tieline serve` on a shared embedded "
                          "file, 1 or 2 processes on one port")
+    ap.add_argument("--against", metavar="REV",
+                    help="also measure tieline-no-delivery@REV: git revision REV's bus and "
+                         "connectors (an A/B in one run)")
     ap.add_argument("--profile", action="store_true", help="py-spy instead of the comparison")
     ap.add_argument("--profile-target", default="tieline",
                     choices=["tieline", "tieline-no-delivery"])
     args = ap.parse_args()
     args.servers = args.servers.split(",") if isinstance(args.servers, str) else args.servers
     args.servers = [*dict.fromkeys(["tieline", *args.servers])]  # tieline is always measured
+    if args.against:
+        args.servers.append(f"tieline-no-delivery@{args.against}")
     signer = c.Signer()
     with tempfile.TemporaryDirectory(prefix="tieline-bench-") as d:
         tmp = Path(d)
@@ -283,11 +290,15 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace, backlog: dict,
                       ("tieline-no-delivery", "bare", " (ingress alone vs the bare endpoint)"),
                       ("tieline-no-delivery", "nodered", " (ingress alone vs Node-RED)"),
                       ("tieline-no-delivery", "tieline-no-delivery-asgi",
-                       " (the webhook fast path vs the ASGI route)")):
+                       " (the webhook fast path vs the ASGI route)"),
+                      ("tieline-no-delivery", f"tieline-no-delivery@{args.against}",
+                       " (this tree vs that revision)")):
         if a in runs and b in runs:
             ratios = [x["ok_rps"] / y["ok_rps"] for x, y in zip(runs[a], runs[b], strict=True)]
+            cpu = [x["cpu_us"] / y["cpu_us"] for x, y in zip(runs[a], runs[b], strict=True)]
             out.append(f"- {a} / {b}{why}: median ratio {c.median(ratios):.2f} "
-                       f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})")
+                       f"(per round: {', '.join(f'{x:.2f}' for x in ratios)}); CPU per "
+                       f"request {c.median(cpu):.2f}×")
     out.append(f"- tieline backlog after the runs: {backlog.get('backlog')}")
     if "tieline-rabbit" in runs and "tieline-rabbit-x2" in runs:
         ratios = [b["ok_rps"] / a["ok_rps"] for a, b in
