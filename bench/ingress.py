@@ -78,6 +78,13 @@ def start_servers(tmp: Path, args: argparse.Namespace,
     port = c.free_port()
     cfg = c.write_config(tmp / "tieline", port, f"http://127.0.0.1:{sink_port}", sync=args.sync)
     servers["tieline"] = (port, c.start_tieline(cfg, port, tmp / "tieline.log"))
+    if args.against:  # `tieline run` of that revision, on its own sink
+        name, sink_port2 = f"tieline@{args.against}", c.free_port()
+        servers["sink2"] = (sink_port2, c.start_sink(sink_port2, tmp / "sink2.log"))
+        port = c.free_port()
+        cfg = c.write_config(tmp / name, port, f"http://127.0.0.1:{sink_port2}", sync=args.sync)
+        env = {"PYTHONPATH": str(c.checkout(args.against, tmp / "against"))}
+        servers[name] = (port, c.start_tieline(cfg, port, tmp / f"{name}.log", env=env))
     for name, extra in (("tieline-no-delivery", []), ("tieline-no-delivery-asgi", ["asgi"]),
                         (f"tieline-no-delivery@{args.against}", [])):
         if name not in args.servers:
@@ -213,8 +220,8 @@ def main() -> None:
                          "tieline-serve / tieline-serve-x2 = `tieline serve` on a shared embedded "
                          "file, 1 or 2 processes on one port")
     ap.add_argument("--against", metavar="REV",
-                    help="also measure tieline-no-delivery@REV: git revision REV's bus and "
-                         "connectors (an A/B in one run)")
+                    help="also measure tieline@REV and tieline-no-delivery@REV: git revision "
+                         "REV's bus and connectors (an A/B in one run)")
     ap.add_argument("--profile", action="store_true", help="py-spy instead of the comparison")
     ap.add_argument("--profile-target", default="tieline",
                     choices=["tieline", "tieline-no-delivery"])
@@ -222,7 +229,7 @@ def main() -> None:
     args.servers = args.servers.split(",") if isinstance(args.servers, str) else args.servers
     args.servers = [*dict.fromkeys(["tieline", *args.servers])]  # tieline is always measured
     if args.against:
-        args.servers.append(f"tieline-no-delivery@{args.against}")
+        args.servers += [f"tieline@{args.against}", f"tieline-no-delivery@{args.against}"]
     signer = c.Signer()
     with tempfile.TemporaryDirectory(prefix="tieline-bench-") as d:
         tmp = Path(d)
@@ -292,7 +299,8 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace, backlog: dict,
                       ("tieline-no-delivery", "tieline-no-delivery-asgi",
                        " (the webhook fast path vs the ASGI route)"),
                       ("tieline-no-delivery", f"tieline-no-delivery@{args.against}",
-                       " (this tree vs that revision)")):
+                       " (this tree vs that revision)"),
+                      ("tieline", f"tieline@{args.against}", " (this tree vs that revision)")):
         if a in runs and b in runs:
             ratios = [x["ok_rps"] / y["ok_rps"] for x, y in zip(runs[a], runs[b], strict=True)]
             cpu = [x["cpu_us"] / y["cpu_us"] for x, y in zip(runs[a], runs[b], strict=True)]

@@ -59,8 +59,8 @@ def publish_together(conn: sqlite3.Connection, jobs: Sequence[Publish]) -> list[
         lines += [received_entry(e, now, job.delay) for e in job.envs]
         lines += job.entries
         outcomes.append(None)
-    _insert(conn, store.INSERT_MESSAGE, messages, 8)
-    _insert(conn, store.INSERT_LEDGER, [store.ledger_row(e) for e in lines], 9)
+    insert_rows(conn, store.INSERT_MESSAGE, messages, 8)
+    insert_rows(conn, store.INSERT_LEDGER, [store.ledger_row(e) for e in lines], 9)
     return outcomes
 
 
@@ -77,10 +77,18 @@ def _claim(conn: sqlite3.Connection, jobs: Sequence[Publish], window: float) -> 
     return taken
 
 
-def _insert(conn: sqlite3.Connection, head: str, rows: list[tuple], width: int) -> None:
+def insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple], width: int) -> None:
+    """``head`` (``INSERT INTO t (columns)``) with ``rows`` of ``width`` values, as few
+    statements as SQLite's limit on bound values allows."""
+    run_rows(conn, head, "", rows, width)
+
+
+def run_rows(conn: sqlite3.Connection, head: str, tail: str, rows: list[tuple],
+             width: int) -> None:
+    """``head VALUES (…), (…) tail`` over ``rows``, in parts of ROWS_PER_STATEMENT."""
     for i in range(0, len(rows), ROWS_PER_STATEMENT):
         part = rows[i:i + ROWS_PER_STATEMENT]
-        conn.execute(_values_sql(head, width, len(part)), [v for row in part for v in row])
+        conn.execute(_values_sql(head, width, len(part)) + tail, [v for row in part for v in row])
 
 
 @lru_cache(maxsize=64)

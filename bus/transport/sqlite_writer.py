@@ -64,6 +64,29 @@ class _Job:
     future: asyncio.Future[Any] | None = None
 
 
+class _OpJob:
+    """The job of a ``call(op, args, after)``: a named operation (``sqlite_ops``). A run of
+    jobs of one operation that has a ``together`` (e.g. ``complete``) is written as one."""
+
+    __slots__ = ("op", "args", "context", "after", "future")
+
+    def __init__(self, op: Callable[..., Any], args: tuple, context: Any,
+                 after: Callable[[Any], None] | None):
+        self.op, self.args, self.context, self.after = op, args, context, after
+        self.future: asyncio.Future[Any] | None = None
+
+    def work(self, conn: sqlite3.Connection) -> Any:
+        return self.op(self.context, conn, *self.args)
+
+    def group(self) -> Any:
+        return self.op
+
+    @staticmethod
+    def work_together(conn: sqlite3.Connection, jobs: list[_OpJob]) -> list[Any] | None:
+        together = getattr(jobs[0].op, "together", None)
+        return together(jobs[0].context, conn, [job.args for job in jobs]) if together else None
+
+
 class _Batch:
     """Outcome of one batch, filled in on the writer thread: (ok, value-or-exception) per job."""
 
@@ -129,8 +152,7 @@ class GroupCommitWriter:
     def call(self, op: Callable[..., T], args: tuple,
              after: Callable[[T], None] | None = None) -> asyncio.Future[T]:
         """Run the named operation ``op(context, conn, *args)`` (``sqlite_ops``) in the next batch."""
-        context = self.context
-        return self.submit(_Job(lambda conn: op(context, conn, *args), after))
+        return self.submit(_OpJob(op, args, self.context, after))
 
     def submit(self, job: Job) -> asyncio.Future[Any]:
         """Queue ``job`` for the next batch; returns its future, also set as ``job.future``.
@@ -365,16 +387,24 @@ def _while_locked(conn: sqlite3.Connection, statement: str, pause: float, longes
         pause = min(pause * 1.5, longest)
 
 
+def _group(job: Job) -> Any:
+    """What a job must share with its neighbours to work together with them."""
+    group = getattr(job, "group", None)
+    return (type(job), group()) if group is not None else type(job)
+
+
 def _run_jobs(conn: sqlite3.Connection, jobs: list[Job]) -> list[tuple[bool, Any]]:
-    """Each job's work, in order; a run of jobs of one class that can work together
-    (``work_together``, e.g. publishes: ``sqlite_publish``) makes one call for the run."""
+    """Each job's work, in order; a run of jobs of one class (and group) that can work
+    together (``work_together``: publishes, ``sqlite_publish``; some named operations,
+    ``sqlite_ops``) makes one call for the run. The writer gives up the GIL around every
+    SQLite call, and while the loop is busy each one costs a wait to take it back."""
     results: list[tuple[bool, Any]] = []
     i = 0
     while i < len(jobs):
-        kind = type(jobs[i])
-        together = getattr(kind, "work_together", None)
+        kind = _group(jobs[i])
+        together = getattr(jobs[i], "work_together", None)
         end = i + 1
-        while together is not None and end < len(jobs) and type(jobs[end]) is kind:
+        while together is not None and end < len(jobs) and _group(jobs[end]) == kind:
             end += 1
         values = together(conn, jobs[i:end]) if end - i > 1 else None
         if values is None:
