@@ -76,13 +76,27 @@ def complete_together(t: SqliteTransport, conn: sqlite3.Connection,
         children += [store.message_row(child, at, now) for child, at in kids]
         lines += entries
     run_rows(conn, "UPDATE messages SET envelope = v.column2, updated_at = v.column3,"
-             " state = v.column4, lease_owner = NULL FROM (", ") AS v WHERE messages.id = v.column1",
-             updates, 4)
+             " state = v.column4, lease_owner = NULL FROM (", _BY_ID, updates, 4)
     insert_rows(conn, store.INSERT_MESSAGE, children, 8)
     insert_rows(conn, store.INSERT_LEDGER, [store.ledger_row(e) for e in lines], 9)
     return [None] * len(calls)
 
 
+def checkpoint_together(t: SqliteTransport, conn: sqlite3.Connection,
+                        calls: list[tuple]) -> list[None] | None:
+    """Several ``checkpoint`` calls as two statements (see complete_together)."""
+    if any(owner is not None for _, _, owner, _ in calls):
+        return None
+    updates = [(envelope.id, envelope.to_json(), now) for envelope, now, _, _ in calls]
+    run_rows(conn, "UPDATE messages SET envelope = v.column2, updated_at = v.column3 FROM (",
+             _BY_ID, updates, 3)
+    lines = [store.ledger_row(e) for _, _, _, entries in calls for e in entries]
+    insert_rows(conn, store.INSERT_LEDGER, lines, 9)
+    return [None] * len(calls)
+
+
+_BY_ID = ") AS v WHERE messages.id = v.column1"
+checkpoint.together = checkpoint_together  # type: ignore[attr-defined]
 complete.together = complete_together  # type: ignore[attr-defined]
 
 

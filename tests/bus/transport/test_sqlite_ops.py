@@ -107,3 +107,28 @@ async def test_a_shared_file_checks_each_lease(tmp_path: Path) -> None:
         conn.close()
     finally:
         await t.close()
+
+
+async def test_checkpoint_together_writes_what_one_by_one_writes(tmp_path: Path) -> None:
+    """Checkpoints (a step done, the message still running) batched or not: same rows."""
+    contents = []
+    for name in ("alone", "together"):
+        path = tmp_path / f"{name}.sqlite3"
+        t = await started(path)
+        try:
+            envs = messages()
+            await run(t, Publish(t, envs, None, NOW, 0.0, ()).work)
+            calls = [(env.evolve(cursor=1, context={"first": {"i": i}}), NOW + i, None,
+                      [LedgerEntry(env.id, "step", NOW + i, flow="orders", outcome="ok")] * (i % 3))
+                     for i, env in enumerate(envs)]
+            if name == "alone":
+                await run(t, lambda conn, t=t, cs=calls: [ops.checkpoint(t, conn, *c) for c in cs])
+            else:
+                result = await run(t, lambda conn, t=t, cs=calls: ops.checkpoint_together(t, conn, cs))
+                assert result == [None] * len(calls)
+            contents.append(tables(path))
+            assert queued(path) == 4  # still running
+        finally:
+            await t.close()
+    assert contents[0] == contents[1]
+    assert all(b'"cursor":1' in row[3] or '"cursor":1' in row[3] for row in contents[1]["messages"])
