@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 from bus.envelope import Envelope
@@ -39,8 +38,15 @@ def completions(envs: list[Envelope]) -> list[tuple]:
     return out
 
 
-async def test_complete_together_writes_what_one_by_one_writes(tmp_path: Path) -> None:
-    """Same states, envelopes, children, ledger lines and backlog counts either way."""
+def checkpoints(envs: list[Envelope]) -> list[tuple]:
+    """checkpoint() arguments: a step done, the message still running; 0-2 ledger lines."""
+    return [(env.evolve(cursor=1, context={"first": {"i": i}}), NOW + i, None,
+             [LedgerEntry(env.id, "step", NOW + i, flow="orders", outcome="ok")] * (i % 3))
+            for i, env in enumerate(envs)]
+
+
+async def both_ways(tmp_path: Path, op, make_calls) -> list[dict]:
+    """The tables after ``op`` ran on the same calls one by one, then (another file) together."""
     contents = []
     for name in ("alone", "together"):
         path = tmp_path / f"{name}.sqlite3"
@@ -48,19 +54,33 @@ async def test_complete_together_writes_what_one_by_one_writes(tmp_path: Path) -
         try:
             envs = messages()
             await run(t, Publish(t, envs, None, NOW, 0.0, ()).work)
-            calls = completions(envs)
+            calls = make_calls(envs)
             if name == "alone":
-                await run(t, lambda conn, t=t, cs=calls: [ops.complete(t, conn, *c) for c in cs])
+                await run(t, lambda conn, t=t, cs=calls: [op(t, conn, *c) for c in cs])
             else:
-                result = await run(t, lambda conn, t=t, cs=calls: ops.complete_together(t, conn, cs))
+                result = await run(t, lambda conn, t=t, cs=calls: op.together(t, conn, cs))
                 assert result == [None] * len(calls)
             contents.append(tables(path))
-            assert queued(path) == 2  # the two children; every parent ended
         finally:
             await t.close()
-    assert contents[0] == contents[1]
-    states = sorted(row[2] for row in contents[1]["messages"])
+    return contents
+
+
+async def test_complete_together_writes_what_one_by_one_writes(tmp_path: Path) -> None:
+    """Same states, envelopes, children, ledger lines and backlog counts either way."""
+    alone, together = await both_ways(tmp_path, ops.complete, completions)
+    assert alone == together
+    states = sorted(row[2] for row in together["messages"])
     assert states == ["delivered", "delivered", "delivered", "filtered", "queued", "queued"]
+    assert sorted(together["backlog"]) == [("audit", 2), ("orders", 0)]
+
+
+async def test_checkpoint_together_writes_what_one_by_one_writes(tmp_path: Path) -> None:
+    """Checkpoints batched or not: same envelopes (cursor moved on), times and ledger lines."""
+    alone, together = await both_ways(tmp_path, ops.checkpoint, checkpoints)
+    assert alone == together
+    assert all(b'"cursor":1' in row[3] for row in together["messages"])
+    assert len(together["ledger"]) == 4 + 3  # 4 'received' lines, then 0 + 1 + 2 + 0 step lines
 
 
 async def test_endings_waiting_together_share_one_call(tmp_path: Path) -> None:
@@ -102,33 +122,7 @@ async def test_a_shared_file_checks_each_lease(tmp_path: Path) -> None:
         await run(t, Publish(t, envs, None, NOW, 0.0, ()).work)
         calls = [(*c[:3], "worker-1", *c[4:]) for c in completions(envs)]
         assert await run(t, lambda conn: ops.complete_together(t, conn, calls)) is None
-        conn = sqlite3.connect(tmp_path / "bus.sqlite3")
-        assert conn.execute("SELECT count(*) FROM messages WHERE state = 'queued'").fetchone()[0] == 4
-        conn.close()
+        assert queued(tmp_path / "bus.sqlite3") == 4
     finally:
         await t.close()
 
-
-async def test_checkpoint_together_writes_what_one_by_one_writes(tmp_path: Path) -> None:
-    """Checkpoints (a step done, the message still running) batched or not: same rows."""
-    contents = []
-    for name in ("alone", "together"):
-        path = tmp_path / f"{name}.sqlite3"
-        t = await started(path)
-        try:
-            envs = messages()
-            await run(t, Publish(t, envs, None, NOW, 0.0, ()).work)
-            calls = [(env.evolve(cursor=1, context={"first": {"i": i}}), NOW + i, None,
-                      [LedgerEntry(env.id, "step", NOW + i, flow="orders", outcome="ok")] * (i % 3))
-                     for i, env in enumerate(envs)]
-            if name == "alone":
-                await run(t, lambda conn, t=t, cs=calls: [ops.checkpoint(t, conn, *c) for c in cs])
-            else:
-                result = await run(t, lambda conn, t=t, cs=calls: ops.checkpoint_together(t, conn, cs))
-                assert result == [None] * len(calls)
-            contents.append(tables(path))
-            assert queued(path) == 4  # still running
-        finally:
-            await t.close()
-    assert contents[0] == contents[1]
-    assert all(b'"cursor":1' in row[3] or '"cursor":1' in row[3] for row in contents[1]["messages"])
