@@ -84,12 +84,8 @@ class HookCycle:
         self.waiting_for_100_continue = proto.expect_100_continue
         self.on_response = proto.on_response_complete
 
-    @property
-    def body(self) -> bytes:  # uvicorn's data_received path never reads it; for symmetry
-        return b"".join(self.chunks)
-
     def feed(self, chunk: bytes) -> None:
-        if self.too_large:
+        if self.too_large or self.response_complete:  # refused before its body came: drop it
             return
         self.size += len(chunk)
         if self.size > self.front.max_body:
