@@ -64,48 +64,38 @@ def complete(t: SqliteTransport, conn: sqlite3.Connection, envelope: Envelope, n
 
 
 def complete_together(t: SqliteTransport, conn: sqlite3.Connection,
-                      calls: list[tuple]) -> list[None]:
+                      calls: list[tuple]) -> list[None] | None:
     """Several ``complete`` calls as three statements: the messages' new state in one UPDATE
-    (FROM a VALUES list), their children in one INSERT, every ledger line in one INSERT."""
+    (FROM a VALUES list), their children in one INSERT, every ledger line in one INSERT.
+    None (run them one by one) when a lease must be checked (a shared file)."""
+    if any(owner is not None for _, _, _, owner, _, _ in calls):
+        return None
     updates, children, lines = [], [], []
-    for envelope, now, state, owner, kids, entries in calls:
-        updates.append((envelope.id, envelope.to_json(), now, state.value, owner))
+    for envelope, now, state, _, kids, entries in calls:
+        updates.append((envelope.id, envelope.to_json(), now, state.value))
         children += [store.message_row(child, at, now) for child, at in kids]
         lines += entries
-    _update(conn, "envelope = v.column2, updated_at = v.column3, state = v.column4,"
-            " lease_owner = NULL", updates)
+    run_rows(conn, "UPDATE messages SET envelope = v.column2, updated_at = v.column3,"
+             " state = v.column4, lease_owner = NULL FROM (", _BY_ID, updates, 4)
     insert_rows(conn, store.INSERT_MESSAGE, children, 8)
     insert_rows(conn, store.INSERT_LEDGER, [store.ledger_row(e) for e in lines], 9)
     return [None] * len(calls)
 
 
 def checkpoint_together(t: SqliteTransport, conn: sqlite3.Connection,
-                        calls: list[tuple]) -> list[None]:
+                        calls: list[tuple]) -> list[None] | None:
     """Several ``checkpoint`` calls as two statements (see complete_together)."""
-    updates = [(envelope.id, envelope.to_json(), now, owner) for envelope, now, owner, _ in calls]
-    _update(conn, "envelope = v.column2, updated_at = v.column3", updates)
+    if any(owner is not None for _, _, owner, _ in calls):
+        return None
+    updates = [(envelope.id, envelope.to_json(), now) for envelope, now, _, _ in calls]
+    run_rows(conn, "UPDATE messages SET envelope = v.column2, updated_at = v.column3 FROM (",
+             _BY_ID, updates, 3)
     lines = [store.ledger_row(e) for _, _, _, entries in calls for e in entries]
     insert_rows(conn, store.INSERT_LEDGER, lines, 9)
     return [None] * len(calls)
 
 
-class LeaseCheckFailed(Exception):
-    """A batched update found a lease gone: the writer rolls the batch back and runs its jobs
-    one by one, where the one whose lease is gone raises LeaseLostError alone."""
-
-
-def _update(conn: sqlite3.Connection, assignments: str, rows: list[tuple]) -> None:
-    """``UPDATE messages SET assignments`` from ``rows`` (id, values…, lease owner or None).
-    A row with an owner updates only while that process still holds the lease (shared file)."""
-    width = len(rows[0])
-    owner = f"v.column{width}"
-    changed = run_rows(conn, f"UPDATE messages SET {assignments} FROM (",
-                       f") AS v WHERE messages.id = v.column1 AND ({owner} IS NULL"
-                       f" OR messages.lease_owner = {owner})", rows, width)
-    if changed != len(rows):
-        raise LeaseCheckFailed(f"{len(rows) - changed} of {len(rows)} messages not updated")
-
-
+_BY_ID = ") AS v WHERE messages.id = v.column1"
 checkpoint.together = checkpoint_together  # type: ignore[attr-defined]
 complete.together = complete_together  # type: ignore[attr-defined]
 

@@ -7,11 +7,10 @@ batch of 16 webhooks made ~50 such waits on the writer, the serial part of every
 the batch makes three or four: one multi-row upsert of the dedupe keys (RETURNING the keys it
 took), one multi-row INSERT of the messages and one of the ledger lines.
 
-The outcome of each publish is the one ``Publish.work`` gives alone: stored (None) or a
-duplicate (the ids of the claim that holds its key, with a 'duplicate' ledger line). A batch
-this module cannot take as a whole (a key twice in it; on a shared file, a batch that would
-pass the backlog bound, where some publishes are refused) returns None and the writer runs its
-jobs one by one.
+The outcome of each publish is the one ``Publish.work`` gives alone: stored (None), a
+duplicate (the ids of the claim that holds its key, with a 'duplicate' ledger line), or, on a
+shared file, over the backlog bound; a batch this module cannot take as a whole (a key twice
+in it, a shared file) returns None and the writer runs its jobs one by one.
 """
 
 from __future__ import annotations
@@ -37,15 +36,12 @@ def publish_together(conn: sqlite3.Connection, jobs: Sequence[Publish]) -> list[
     """Run ``jobs`` (of one transport) as ``Publish.work`` would one by one; their outcomes,
     or None when they must run one by one."""
     t = jobs[0].transport
+    if t.queues.shared:  # the backlog bound is checked per publish against the shared count
+        return None
     keys = [job.dedupe_key for job in jobs if job.dedupe_key is not None]
     if len(set(keys)) != len(keys):  # which of two equal keys won is up to the order of rows
         return None
     jobs[0].housekeep(conn)
-    # A shared file's bound is checked per publish against the count all processes keep. If
-    # every message of the batch fits, each publish alone would have fitted (duplicates only
-    # store fewer); near the bound, they are checked one by one.
-    if t.queues.shared and t.queues.over_bound(conn, sum(len(j.envs) for j in jobs)) is not None:
-        return None
     taken = _claim(conn, jobs, t._dedupe_window) if keys else set()
     outcomes: list[Any] = []
     messages: list[tuple] = []
@@ -88,16 +84,11 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple], width: i
 
 
 def run_rows(conn: sqlite3.Connection, head: str, tail: str, rows: list[tuple],
-             width: int) -> int:
-    """``head VALUES (…), (…) tail`` over ``rows``, in parts of ROWS_PER_STATEMENT; the rows
-    changed."""
-    changed = 0
+             width: int) -> None:
+    """``head VALUES (…), (…) tail`` over ``rows``, in parts of ROWS_PER_STATEMENT."""
     for i in range(0, len(rows), ROWS_PER_STATEMENT):
         part = rows[i:i + ROWS_PER_STATEMENT]
-        cur = conn.execute(_values_sql(head, width, len(part)) + tail,
-                           [v for row in part for v in row])
-        changed += cur.rowcount
-    return changed
+        conn.execute(_values_sql(head, width, len(part)) + tail, [v for row in part for v in row])
 
 
 @lru_cache(maxsize=64)

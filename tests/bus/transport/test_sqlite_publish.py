@@ -168,23 +168,3 @@ async def test_concurrent_publishes_share_a_commit_and_keep_their_outcomes(tmp_p
     assert max(calls) > 1, "no batch of publishes went through work_together"
     assert [r.accepted for r in results[:-1]] == [[e.id] for e in envs]
     assert results[-1].duplicate_of == first.accepted
-
-
-async def test_a_shared_file_batches_publishes_within_the_bound(tmp_path: Path) -> None:
-    """On a shared file a batch that fits the backlog bound is stored together; one that would
-    pass it is left to one by one, where each publish is checked (and the last refused)."""
-    path = tmp_path / "bus.sqlite3"
-    t = SqliteTransport(path, poll_interval=0.01, dedupe_window=WINDOW, shared=True,
-                        backlog_limit=5)
-    await t.start()
-    try:
-        fits = jobs_for(t, [("vendor:a", 1, 0.0), ("vendor:b", 2, 0.0)])
-        assert await run(t, together(fits)) == [None, None]
-        assert queued(path) == 3
-        too_many = jobs_for(t, [("vendor:c", 1, 0.0), ("vendor:d", 2, 0.0)])
-        assert await run(t, together(too_many)) is None
-        assert queued(path) == 3
-        outcomes = await run(t, one_by_one(too_many))
-        assert outcomes[0] is None and outcomes[1].backlog == 4  # the bound held
-    finally:
-        await t.close()
