@@ -15,11 +15,11 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 from bus.errors import TransportError
+from bus.transport.sqlite_jobs import Job, OpJob, PlainJob, run_jobs
 
 T = TypeVar("T")
 Connect = Callable[[Path], sqlite3.Connection]
@@ -38,53 +38,6 @@ def open_connection(path: Path, connect: Connect | None, sync: Sync) -> sqlite3.
     conn.execute("PRAGMA wal_autocheckpoint=200")
     conn.execute("PRAGMA journal_size_limit=1048576")
     return conn
-
-
-class Job(Protocol):
-    """A write job: ``work`` runs in a batch on the writer thread, ``after`` on the loop once
-    the batch committed; ``future`` (set by the writer) gets ``work``'s result.
-    ``operation`` is the same write as a named operation and its arguments (``sqlite_ops``),
-    for when another process writes for this one (``sqlite_writer_link``)."""
-
-    future: asyncio.Future[Any]
-
-    def work(self, conn: sqlite3.Connection) -> Any: ...
-
-    def after(self, result: Any) -> None: ...
-
-    def operation(self) -> tuple[Callable[..., Any], tuple]: ...
-
-
-@dataclass(slots=True)
-class _Job:
-    """The job of a ``write(work, after)``."""
-
-    work: Callable[[sqlite3.Connection], Any]
-    after: Callable[[Any], None] | None
-    future: asyncio.Future[Any] | None = None
-
-
-class _OpJob:
-    """The job of a ``call(op, args, after)``: a named operation (``sqlite_ops``). A run of
-    jobs of one operation that has a ``together`` (e.g. ``complete``) is written as one."""
-
-    __slots__ = ("op", "args", "context", "after", "future")
-
-    def __init__(self, op: Callable[..., Any], args: tuple, context: Any,
-                 after: Callable[[Any], None] | None):
-        self.op, self.args, self.context, self.after = op, args, context, after
-        self.future: asyncio.Future[Any] | None = None
-
-    def work(self, conn: sqlite3.Connection) -> Any:
-        return self.op(self.context, conn, *self.args)
-
-    def group(self) -> Any:
-        return self.op
-
-    @staticmethod
-    def work_together(conn: sqlite3.Connection, jobs: list[_OpJob]) -> list[Any] | None:
-        together = getattr(jobs[0].op, "together", None)
-        return together(jobs[0].context, conn, [job.args for job in jobs]) if together else None
 
 
 class _Batch:
@@ -147,12 +100,12 @@ class GroupCommitWriter:
         self, work: Callable[[sqlite3.Connection], T], after: Callable[[T], None] | None = None
     ) -> T:
         """Run ``work`` in the next batch; ``after(result)`` runs on the loop once committed."""
-        return await self.submit(_Job(work, after))
+        return await self.submit(PlainJob(work, after))
 
     def call(self, op: Callable[..., T], args: tuple,
              after: Callable[[T], None] | None = None) -> asyncio.Future[T]:
         """Run the named operation ``op(context, conn, *args)`` (``sqlite_ops``) in the next batch."""
-        return self.submit(_OpJob(op, args, self.context, after))
+        return self.submit(OpJob(op, args, self.context, after))
 
     def submit(self, job: Job) -> asyncio.Future[Any]:
         """Queue ``job`` for the next batch; returns its future, also set as ``job.future``.
@@ -228,7 +181,7 @@ class GroupCommitWriter:
             waited = time.perf_counter()
             _begin(conn)
             self.stats["lock_wait_s"] += time.perf_counter() - waited
-            results = _run_jobs(conn, jobs)
+            results = run_jobs(conn, jobs)
         except Exception:
             self._rollback(conn)
             return self._reclaim_if_full(conn, self._commit_one_by_one(jobs))
@@ -385,33 +338,6 @@ def _while_locked(conn: sqlite3.Connection, statement: str, pause: float, longes
                 raise
         time.sleep(pause)
         pause = min(pause * 1.5, longest)
-
-
-def _group(job: Job) -> Any:
-    """What a job must share with its neighbours to work together with them."""
-    group = getattr(job, "group", None)
-    return (type(job), group()) if group is not None else type(job)
-
-
-def _run_jobs(conn: sqlite3.Connection, jobs: list[Job]) -> list[tuple[bool, Any]]:
-    """Each job's work, in order; a run of jobs of one class (and group) that can work
-    together (``work_together``: publishes, ``sqlite_publish``; some named operations,
-    ``sqlite_ops``) makes one call for the run. The writer gives up the GIL around every
-    SQLite call, and while the loop is busy each one costs a wait to take it back."""
-    results: list[tuple[bool, Any]] = []
-    i = 0
-    while i < len(jobs):
-        kind = _group(jobs[i])
-        together = getattr(jobs[i], "work_together", None)
-        end = i + 1
-        while together is not None and end < len(jobs) and _group(jobs[end]) == kind:
-            end += 1
-        values = together(conn, jobs[i:end]) if end - i > 1 else None
-        if values is None:
-            values = [job.work(conn) for job in jobs[i:end]]
-        results += [(True, v) for v in values]
-        i = end
-    return results
 
 
 def _begin(conn: sqlite3.Connection) -> None:

@@ -39,8 +39,9 @@ from typing import Any
 import structlog
 
 from bus.errors import BackpressureError, LeaseLostError, TransportError
+from bus.transport.sqlite_jobs import Job
 from bus.transport.sqlite_ops import OPS, Op
-from bus.transport.sqlite_writer import GroupCommitWriter, Job
+from bus.transport.sqlite_writer import GroupCommitWriter
 
 log = structlog.get_logger("tieline.transport")
 
