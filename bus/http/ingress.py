@@ -78,5 +78,3 @@ def _url(scope: Scope, public_url: str | None) -> tuple[str, str]:
     server = scope.get("server")
     return url_of(scope.get("scheme", "http"), tuple(server) if server else None, host,
                   scope["path"], scope.get("query_string", b""), public_url or "")
-
-

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from bus.http.answer import Answer
+from bus.http.answer import Answer, refusal
 
 
 class JSON(Response):
@@ -17,9 +17,8 @@ class JSON(Response):
         return orjson.dumps(content)
 
 
-def error(status: int, code: str, message: str, details: Any = None, **headers: str) -> JSON:
-    body = {"error": {"code": code, "message": message, "details": details}}
-    return JSON(body, status_code=status, headers=headers or None)
+def error(status: int, code: str, message: str, details: Any = None, **headers: str) -> Response:
+    return answer_response(refusal(status, code, message, details, tuple(headers.items())))
 
 
 def answer_response(answer: Answer) -> Response:

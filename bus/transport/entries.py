@@ -22,6 +22,13 @@ def received_entry(envelope: Envelope, now: float, delay: float = 0.0) -> Ledger
     return LedgerEntry(envelope.id, "received", now, flow=envelope.flow, attempt=envelope.attempt, detail=detail)
 
 
+def duplicate_entry(key: str | None, holder: Sequence[str], rejected: Sequence[str],
+                    now: float) -> LedgerEntry:
+    """The 'duplicate' line for a publish refused because ``holder``'s claim has its key."""
+    detail = {"dedupe_key": key, "rejected": list(rejected)}
+    return LedgerEntry(holder[0] if holder else "", "duplicate", now, detail=detail)
+
+
 def with_default(entries: Sequence[LedgerEntry], default: LedgerEntry) -> list[LedgerEntry]:
     """``entries``, plus ``default`` unless an entry of its kind for its message is there."""
     have = any(e.kind == default.kind and e.message_id == default.message_id for e in entries)

@@ -38,7 +38,7 @@ from bus.transport.base import (
     PublishResult,
     Transport,
 )
-from bus.transport.entries import received_entry
+from bus.transport.entries import duplicate_entry, received_entry
 from bus.transport.rabbitmq_backlog import Backlog
 from bus.transport.rabbitmq_consumer import deliver
 from bus.transport.rabbitmq_delivery import flush, out
@@ -240,10 +240,7 @@ class RabbitTransport(Transport):
         if held is not None:
             first = orjson.loads(held)
             await check_first_copy(self, dedupe_key or "", first)
-            detail = {"dedupe_key": dedupe_key, "rejected": ids}
-            await self.ledger.log(
-                [LedgerEntry(first[0] if first else "", "duplicate", now, detail=detail)]
-            )
+            await self.ledger.log([duplicate_entry(dedupe_key, first, ids, now)])
             return PublishResult(accepted=[], duplicate_of=first)
         try:
             self._backlog.published += len(envs)

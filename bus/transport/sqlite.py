@@ -38,7 +38,7 @@ from bus.transport.base import (
     Transport,
     run_handler,
 )
-from bus.transport.entries import received_entry
+from bus.transport.entries import duplicate_entry, received_entry
 from bus.transport.sqlite_delivery import SqliteDelivery
 from bus.transport.sqlite_local import LocalQueues
 from bus.transport.sqlite_lock import FileLock
@@ -338,10 +338,7 @@ class Publish:
             ids = [e.id for e in envs]
             first = store.dedupe_claim(conn, key, ids, now, now + t._dedupe_window)
             if first is not None:
-                detail = {"dedupe_key": key, "rejected": ids}
-                store.insert_ledger(
-                    conn, [LedgerEntry(first[0] if first else "", "duplicate", now, detail=detail)]
-                )
+                store.insert_ledger(conn, [duplicate_entry(key, first, ids, now)])
                 return first
         available_at = now + max(self.delay, 0.0)
         store.insert_messages(conn, [(e, available_at) for e in envs], now)

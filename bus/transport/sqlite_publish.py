@@ -24,7 +24,7 @@ import orjson
 
 from bus.transport import sqlite_store as store
 from bus.transport.base import LedgerEntry
-from bus.transport.entries import received_entry
+from bus.transport.entries import duplicate_entry, received_entry
 
 if TYPE_CHECKING:
     from bus.transport.sqlite import Publish
@@ -50,8 +50,7 @@ def publish_together(conn: sqlite3.Connection, jobs: Sequence[Publish]) -> list[
         key, now = job.dedupe_key, job.now
         if key is not None and key not in taken:
             first = store.dedupe_holder(conn, key)
-            detail = {"dedupe_key": key, "rejected": [e.id for e in job.envs]}
-            lines.append(LedgerEntry(first[0] if first else "", "duplicate", now, detail=detail))
+            lines.append(duplicate_entry(key, first, [e.id for e in job.envs], now))
             outcomes.append(first)
             continue
         available_at = now + max(job.delay, 0.0)
@@ -64,17 +63,19 @@ def publish_together(conn: sqlite3.Connection, jobs: Sequence[Publish]) -> list[
     return outcomes
 
 
+# A claim still live at the row's own clock (its expiry less the window) keeps its key.
+CLAIM_TAIL = (" ON CONFLICT (key) DO UPDATE SET message_ids = excluded.message_ids,"
+              " expires_at = excluded.expires_at WHERE dedupe.expires_at <= excluded.expires_at - ?"
+              " RETURNING key")
+
+
 def _claim(conn: sqlite3.Connection, jobs: Sequence[Publish], window: float) -> set[str]:
     """Claim every job's key at once; the keys taken (the others are held by a live claim)."""
     rows = [(job.dedupe_key, orjson.dumps([e.id for e in job.envs]), job.now + window)
             for job in jobs if job.dedupe_key is not None]
-    taken: set[str] = set()
-    for i in range(0, len(rows), ROWS_PER_STATEMENT):
-        part = rows[i:i + ROWS_PER_STATEMENT]
-        # A row's own clock is its expiry less the window: a claim still live then holds.
-        cur = conn.execute(_claim_sql(len(part)), [*(v for row in part for v in row), window])
-        taken.update(key for (key,) in cur)
-    return taken
+    returned = run_rows(conn, "INSERT INTO dedupe (key, message_ids, expires_at)", CLAIM_TAIL,
+                        rows, 3, (window,))
+    return {key for (key,) in returned}
 
 
 def insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple], width: int) -> None:
@@ -83,12 +84,17 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple], width: i
     run_rows(conn, head, "", rows, width)
 
 
-def run_rows(conn: sqlite3.Connection, head: str, tail: str, rows: list[tuple],
-             width: int) -> None:
-    """``head VALUES (…), (…) tail`` over ``rows``, in parts of ROWS_PER_STATEMENT."""
+def run_rows(conn: sqlite3.Connection, head: str, tail: str, rows: list[tuple], width: int,
+             tail_args: tuple = ()) -> list[tuple]:
+    """``head VALUES (…), (…) tail`` over ``rows`` (then ``tail_args``), in parts of
+    ROWS_PER_STATEMENT; what the statements returned (``RETURNING``)."""
+    returned: list[tuple] = []
     for i in range(0, len(rows), ROWS_PER_STATEMENT):
         part = rows[i:i + ROWS_PER_STATEMENT]
-        conn.execute(_values_sql(head, width, len(part)) + tail, [v for row in part for v in row])
+        cur = conn.execute(_values_sql(head, width, len(part)) + tail,
+                           [*(v for row in part for v in row), *tail_args])
+        returned += cur.fetchall()
+    return returned
 
 
 @lru_cache(maxsize=64)
@@ -96,10 +102,3 @@ def _values_sql(head: str, width: int, count: int) -> str:
     row = "(" + ", ".join("?" * width) + ")"
     return f"{head} VALUES {', '.join([row] * count)}"
 
-
-@lru_cache(maxsize=64)
-def _claim_sql(count: int) -> str:
-    return _values_sql("INSERT INTO dedupe (key, message_ids, expires_at)", 3, count) + (
-        " ON CONFLICT (key) DO UPDATE SET message_ids = excluded.message_ids,"
-        " expires_at = excluded.expires_at WHERE dedupe.expires_at <= excluded.expires_at - ?"
-        " RETURNING key")
