@@ -17,6 +17,7 @@ import time
 
 from bus.transport import rabbitmq, rabbitmq_ledger, rabbitmq_publisher
 from bus.transport.rabbitmq import RabbitTransport
+from bus.transport.redis_batch import RedisBatch
 
 STAGES: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
 
@@ -37,9 +38,45 @@ def timed(owner: object, name: str, label: str) -> None:
     setattr(owner, name, wrapper)
 
 
+def redis_pipelines() -> None:
+    """Per Redis pipeline: how long its commands waited to be written (queued behind the one in
+    flight), how long it took from write to last reply, and how many commands it carried."""
+    queued_at: dict[int, float] = {}
+    call, send = RedisBatch.call, RedisBatch._send
+
+    def timed_call(self, *args):
+        fut = call(self, *args)
+        queued_at[id(fut)] = time.perf_counter()
+        return fut
+
+    async def timed_send(self, batch):
+        start = time.perf_counter()
+        for _, fut in batch:
+            at = queued_at.pop(id(fut), None)
+            if at is not None:
+                waited = STAGES["redis: queued before write"]
+                waited[0] += 1
+                waited[1] += start - at
+        try:
+            return await send(self, batch)
+        finally:
+            trip = STAGES["redis: write to last reply"]
+            trip[0] += 1
+            trip[1] += time.perf_counter() - start
+            COUNTS["redis: commands per pipeline"].append(len(batch))
+
+    RedisBatch.call, RedisBatch._send = timed_call, timed_send
+
+
+COUNTS: dict[str, list[int]] = collections.defaultdict(list)
+
+
 def report() -> None:
     for label, (count, seconds) in STAGES.items():
-        print(f"stage {label:24} n={int(count):7} mean {seconds / max(count, 1) * 1000:7.3f} ms",
+        print(f"stage {label:28} n={int(count):7} mean {seconds / max(count, 1) * 1000:7.3f} ms",
+              flush=True)
+    for label, values in COUNTS.items():
+        print(f"stage {label:28} n={len(values):7} mean {sum(values) / max(len(values), 1):7.1f}",
               flush=True)
 
 
@@ -48,6 +85,7 @@ timed(rabbitmq_ledger.RedisLedger, "update", "record ending")
 timed(rabbitmq_publisher.Publisher, "send", "publish + confirm")
 timed(RabbitTransport, "ack", "ack")
 timed(rabbitmq, "deliver", "whole delivery")  # the name rabbitmq.py calls it by
+redis_pipelines()
 consume = RabbitTransport.consume
 RabbitTransport.consume = lambda s, f, h, **k: None if f == "sink" else consume(s, f, h, **k)
 atexit.register(report)

@@ -1,6 +1,7 @@
-"""Taking one RabbitMQ delivery through a handler: parse, wait out its due time, admit, run.
+"""Taking one RabbitMQ delivery through a handler: parse, wait out its due time, admit, run,
+then publish what its ending recorded and ack.
 
-Only the run holds one of the flow's concurrency slots; the steps before it are the
+Only the run holds one of the flow's concurrency slots; the steps before and after it are the
 transport's own work and overlap with other deliveries' runs.
 
 A message whose due time is still a tier or more away is parked again (delays longer than
@@ -35,11 +36,13 @@ CRASH_RETRY_DELAY = 1.0  # seconds before a message whose handler raised runs ag
 async def deliver(
     t: RabbitTransport, handler: Handler, message: Inbound, slots: asyncio.Semaphore
 ) -> None:
-    """Parse, wait out the due time and admit outside ``slots``, then run the handler in one.
+    """Parse, wait out the due time and admit outside ``slots``, run the handler in one, then
+    publish the ending's outbox and ack outside it again.
 
     ``slots`` bounds only the handlers (the flow's concurrency: what a sink sees at once). The
     read-ahead deliveries the channel's prefetch allows beyond it wait for a slot with their
-    record already read, so a slot is not held over that Redis round trip.
+    record already read, so a slot is not held over that Redis round trip, nor over the
+    broker's confirm of what the ending publishes.
     """
     try:
         envelope = Envelope.from_json(message.body)
@@ -57,6 +60,7 @@ async def deliver(
                 return
             await run_handler(handler, delivery, lambda why: _crash_retry(t, delivery, why),
                               passthrough=(TransportError, *OUTAGE))
+        await delivery.send()  # the ending's outbox and ack, outside the slot
     except (TransportError, *OUTAGE) as exc:  # unacked: it comes back
         log.warning("transport.delivery_interrupted", message_id=envelope.id, error=repr(exc))
         try:

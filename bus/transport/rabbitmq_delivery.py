@@ -5,7 +5,10 @@ ledger lines, a new generation and the messages still to publish (the outbox); (
 published with confirms (retry copy, emitted children, DLQ archive); (3) Redis marks that
 generation sent (unless a later ending recorded a newer one); (4) the delivery is acked, the
 mark queued before it but its reply not waited for. An empty outbox is recorded sent in (1),
-and (2) and (3) are skipped. A crash before the ack lands leaves the
+and (2) and (3) are skipped. (1) runs in the handler; (2)-(4) in ``send``, once the handler has
+given its concurrency slot back: the slot bounds what a sink sees at once, and the broker's
+confirm (a disk write) would otherwise hold it for most of a delivery's time. A crash before the
+ack lands leaves the
 delivery unacked, so RabbitMQ redelivers it, and ``admit`` decides from Redis what the
 redelivery means:
 
@@ -132,9 +135,12 @@ class RabbitDelivery(Delivery):
         # admit runs only queued records: the one state index an ending leaves
         self._was = MessageState.QUEUED if stored else None
         self._ended = False
+        self._outbox: list[Out] | None = None  # recorded, to publish and ack in ``send``
+        self._sent_gen = 0
 
     async def _end(self, envelope: Envelope, outbox: list[Out], **update: object) -> None:
-        """Record (Redis), publish the outbox (confirmed), mark sent, ack — see the module doc."""
+        """Record (Redis): the ending is durable once this returns. The outbox is published and
+        the delivery acked by ``send``, after the handler has given its slot back."""
         self._ended = True  # claimed now so a second ending call fails fast
         gen = self._gen + 1
         try:
@@ -151,12 +157,20 @@ class RabbitDelivery(Delivery):
             self._ended = False
             raise
         self.current = envelope
-        # the ack does not wait for the sent mark's reply (a Redis round trip, ~15 % of a
-        # delivery's time): once the ack lands, no copy of this generation comes back to
-        # read the mark; if the ack is lost too, the redelivery re-sends the outbox, as after
-        # a crash before the mark
+        self._outbox, self._sent_gen = outbox, gen
+
+    async def send(self) -> None:
+        """Publish the recorded outbox (confirmed), mark it sent, ack; nothing if not ended.
+
+        The ack does not wait for the sent mark's reply (a Redis round trip, ~15 % of a
+        delivery's time): once the ack lands, no copy of this generation comes back to read
+        the mark; if the ack is lost too, the redelivery re-sends the outbox, as after a crash
+        before the mark."""
+        outbox, self._outbox = self._outbox, None
+        if outbox is None:
+            return
         if outbox:  # an empty one was recorded as sent by the update (one script call less)
-            await flush(self._t, envelope.id, gen, outbox, wait=False)
+            await flush(self._t, self.current.id, self._sent_gen, outbox, wait=False)
         await self._t.ack(self._msg)
 
     async def checkpoint(self, envelope: Envelope, entries: Sequence[LedgerEntry] = ()) -> None:

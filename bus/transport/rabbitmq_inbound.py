@@ -21,6 +21,8 @@ from aio_pika.exceptions import MessageProcessError
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
+from bus.transport.rabbitmq_acks import AckBatch
+
 log = structlog.get_logger()
 
 RECONSUME_DELAY = 1.0  # seconds before consuming again after the broker cancelled us
@@ -32,9 +34,9 @@ class Inbound:
     Settling twice raises MessageProcessError, as aio_pika does: a second ack of one delivery tag
     is a channel error that would close the channel under every other delivery on it."""
 
-    __slots__ = ("body", "headers", "message_id", "_channel", "_tag", "_settled")
+    __slots__ = ("body", "headers", "message_id", "_channel", "_tag", "_settled", "_acks")
 
-    def __init__(self, delivered: DeliveredMessage):
+    def __init__(self, delivered: DeliveredMessage, acks: AckBatch | None = None):
         props = delivered.header.properties
         self.body: bytes = delivered.body
         self.headers = props.headers
@@ -42,6 +44,7 @@ class Inbound:
         self._channel = delivered.channel  # the one it came on: tags are per channel
         self._tag: int = delivered.delivery.delivery_tag  # type: ignore[union-attr]
         self._settled = False
+        self._acks = acks  # shared with the consumer's other deliveries: one write for many
 
     def _settle(self) -> None:
         if self._settled:
@@ -50,7 +53,10 @@ class Inbound:
 
     async def ack(self) -> None:
         self._settle()
-        await self._channel.basic_ack(self._tag)
+        if self._acks is None:
+            await self._channel.basic_ack(self._tag)
+        else:
+            await self._acks.ack(self._channel, self._tag)
 
     async def nack(self, requeue: bool = True) -> None:
         self._settle()
@@ -71,6 +77,7 @@ class InboundConsumer:
         self._channel = channel
         self.queue = queue
         self._on_message = on_message
+        self._acks = AckBatch()
         self.tag: str | None = None
         self._cancelled = False
         self._retry: asyncio.Task[None] | None = None  # held: a task nobody holds can be collected
@@ -96,7 +103,7 @@ class InboundConsumer:
         self.tag = ok.consumer_tag
 
     async def _delivered(self, delivered: DeliveredMessage) -> None:
-        self._on_message(Inbound(delivered))
+        self._on_message(Inbound(delivered, self._acks))
 
     async def _on_reopen(self, _channel: object) -> None:
         # aio_pika gathers reopen callbacks with return_exceptions: a failure must be said here

@@ -619,3 +619,57 @@ async def test_an_ending_with_nothing_to_publish_is_recorded_sent_without_a_mark
             break
         await asyncio.sleep(0.05)
     assert marks == [(loud.id, 1)]
+
+
+async def test_the_slot_is_given_back_before_the_outbox_is_confirmed(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """concurrency bounds the handlers, not the broker's confirm of what they publish: with one
+    slot, the next delivery runs while the first one's child still waits for its confirm, and
+    each delivery is acked only once its own outbox is confirmed."""
+    transport = await make(flows=["one", "next"])
+    confirm = asyncio.Event()
+    real_send = transport.publisher.send
+    waiting: list[str] = []
+
+    async def held_send(env: Envelope, **kw: Any) -> None:
+        waiting.append(env.id)
+        await confirm.wait()
+        await real_send(env, **kw)
+
+    acked: list[str | None] = []
+    real_ack = transport.ack
+
+    async def ack(message: Any) -> None:
+        await real_ack(message)
+        acked.append(message.message_id)
+
+    monkeypatch.setattr(transport, "ack", ack)
+    handled: list[str] = []
+
+    async def emits(d: Delivery) -> None:
+        handled.append(d.envelope.id)
+        child = d.envelope.derive("next", {"from": d.envelope.id}, event="made")
+        await d.complete(MessageState.DELIVERED, d.envelope, emit=[(child, 0.0)])
+
+    first, second = Envelope.new("one", {"n": 1}), Envelope.new("one", {"n": 2})
+    await transport.publish([first, second])
+    monkeypatch.setattr(transport.publisher, "send", held_send)
+    transport.consume("one", emits, concurrency=1)
+    deadline = time.monotonic() + 5
+    try:
+        while len(waiting) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert sorted(handled) == sorted([first.id, second.id])
+        assert len(waiting) == 2  # both children wait for their confirm
+        await asyncio.sleep(0.1)
+        assert acked == []  # and neither parent is acked before it
+    finally:
+        confirm.set()
+    children = Recorder(complete)
+    transport.consume("next", children)
+    assert sorted(e.body["from"] for e in await children.take(2)) == sorted(handled)
+    parents = lambda: sorted(a for a in acked if a in handled)  # noqa: E731 - children ack too
+    while len(parents()) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert parents() == sorted(handled)
