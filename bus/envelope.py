@@ -7,13 +7,14 @@ so a retry always starts from exactly what the failed step saw.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
-from ulid import ULID
 
 # Header names carried on every envelope.
 CORRELATION_ID = "correlation_id"
@@ -28,9 +29,40 @@ TRACEPARENT = "traceparent"
 ORIGIN = "origin"
 
 
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # ULID's base32 alphabet
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 characters
+_id_lock = threading.Lock()
+_last_ms = -1
+_last_random = 0
+_ms_text, _text_ms = "", -1
+
+
+def _pairs(value: int, count: int) -> str:
+    """The low ``count`` * 10 bits of ``value`` as ``count`` * 2 base32 characters."""
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in range(10 * count - 10, -1, -10)])
+
+
 def new_id() -> str:
-    """A sortable unique id (ULID, 26 characters)."""
-    return str(ULID())
+    """A sortable unique id: a ULID (26 characters; 48 bits of milliseconds, 80 random bits),
+    monotonic within a millisecond as python-ulid's are (a later id in the same millisecond
+    takes the last one's random part plus 1).
+
+    Written here because python-ulid's ``str(ULID())`` costs ~4 µs, a few per cent of a
+    webhook's CPU; this is ~1.5 µs (tests/bus/test_envelope.py reads its ids back with
+    python-ulid)."""
+    global _last_ms, _last_random, _ms_text, _text_ms
+    ms = time.time_ns() // 1_000_000
+    with _id_lock:
+        if ms > _last_ms:
+            random = int.from_bytes(os.urandom(10))
+        else:  # same millisecond (or the clock stepped back): the next value after the last
+            ms, random = _last_ms, _last_random + 1
+            if random >> 80:  # 2**80 ids in one millisecond: go on in the next one
+                ms, random = ms + 1, int.from_bytes(os.urandom(10))
+        _last_ms, _last_random = ms, random
+        if ms != _text_ms:  # the time's 10 characters change once a millisecond at most
+            _ms_text, _text_ms = _pairs(ms, 5), ms
+        return _ms_text + _pairs(random, 8)
 
 
 @dataclass(frozen=True, slots=True)
