@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -65,9 +65,13 @@ def new_id() -> str:
         return _ms_text + _pairs(random, 8)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Envelope:
-    """One message on its way through one flow.
+    """One message on its way through one flow; never changed in place (``evolve``).
+
+    Not a frozen dataclass: its ``__init__`` sets each field through ``object.__setattr__``,
+    1.0 µs a construction against 0.2, and a delivery builds several (the dict fields were
+    never frozen anyway).
 
     ``cursor`` is the index of the next instruction of the compiled flow to run; ``context``
     holds results of earlier ``to:`` steps stored with ``as:``; ``attempt`` counts tries of
@@ -100,8 +104,22 @@ class Envelope:
         return cls(id=mid, flow=flow, body=body, headers=hdrs, flow_version=flow_version)
 
     def evolve(self, **changes: Any) -> Envelope:
-        """A copy with ``changes`` applied (the only way to 'change' an envelope)."""
-        return replace(self, **changes)
+        """A copy with ``changes`` applied (the only way to 'change' an envelope). What
+        ``dataclasses.replace`` does, at a third of its cost (it runs per step)."""
+        if not changes.keys() <= _FIELDS:
+            raise TypeError(f"Envelope.evolve: no field {sorted(changes.keys() - _FIELDS)}")
+        get = changes.get
+        return Envelope(
+            get("id", self.id),
+            get("flow", self.flow),
+            get("body", self.body),
+            get("headers", self.headers),
+            get("cursor", self.cursor),
+            get("context", self.context),
+            get("attempt", self.attempt),
+            get("first_seen", self.first_seen),
+            get("flow_version", self.flow_version),
+        )
 
     def derive(self, flow: str, body: Any, *, event: str, flow_version: str = "") -> Envelope:
         """A child message for another flow (topic publish, split): new id, same correlation."""
@@ -168,3 +186,6 @@ class Envelope:
     def view(self) -> dict[str, Any]:
         """What mappings and JMESPath expressions see: body, headers, context."""
         return {"body": self.body, "headers": dict(self.headers), "context": dict(self.context)}
+
+
+_FIELDS = frozenset(f.name for f in fields(Envelope))

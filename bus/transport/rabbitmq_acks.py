@@ -47,7 +47,7 @@ class AckBatch(TickBatcher):
 
     def ack(self, channel: aiormq.Channel, tag: int) -> asyncio.Future[Any]:
         """Queue the ack of ``tag`` (a delivery on ``channel``); await the future for its write."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self._future()
         self._enqueue((channel, tag, fut))
         return fut
 

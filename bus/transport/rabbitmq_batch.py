@@ -60,11 +60,10 @@ class PublishBatch(TickBatcher):
         ``timed``: the future fails with TimeoutError once ``within`` seconds have passed, a wait
         for a reconnect included. One timer serves every pending publish (their deadlines come
         in order), where a timeout each would cost a timer each."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[Any] = self._future()
         self._enqueue((exchange, routing_key, body, properties, mandatory, fut))
         if timed:
-            self._watch(loop, fut)
+            self._watch(fut.get_loop(), fut)
         return fut
 
     def _watch(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future) -> None:

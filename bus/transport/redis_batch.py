@@ -58,6 +58,9 @@ def _text(value: object) -> str:
     raise TypeError(f"redis_batch.Tx: cannot send {type(value).__name__} {value!r}")
 
 
+# Reply types hiredis gives that are plain replies (errors, push messages and "need more" are not)
+_PLAIN = frozenset({bytes, int, list, type(None)})
+
 _TRANSACTION = object()  # first word of a queued Tx: MULTI, its commands, EXEC
 
 
@@ -99,8 +102,7 @@ class RedisBatch(TickBatcher):
 
     def call(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command (as for ``Redis.execute_command``); await the result for its reply."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[Any] = self._future()
         self._enqueue((args, fut))
         return fut
 
@@ -118,8 +120,7 @@ class RedisBatch(TickBatcher):
         """``script`` without waiting: queued in order now, its reply in the returned future.
         A NOSCRIPT (the server restarted or flushed its scripts) is answered by sending the
         text, as ``script`` does, which then runs after what was queued meanwhile."""
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[Any] = loop.create_future()
+        result: asyncio.Future[Any] = self._future()
         sha = self._sha.get(source)
         if sha is None:
             sha = self._sha[source] = hashlib.sha1(source.encode()).hexdigest()
@@ -197,7 +198,9 @@ class RedisBatch(TickBatcher):
                         reply = await replies.transaction(callback)
                         callback = None
                     else:
-                        reply = await replies.next()  # a ResponseError is this command's alone
+                        reply = replies.now()  # a ResponseError is this command's alone
+                        if reply is NOT_ENOUGH_DATA:
+                            reply = await replies.wait()
                     replied += 1
                     if fut.done():  # its caller was cancelled
                         continue
@@ -229,7 +232,7 @@ class _Replies:
     was written against, and a parser other than hiredis's fails at the first pipeline, not
     silently."""
 
-    __slots__ = ("_conn", "_parser", "_reader")
+    __slots__ = ("_conn", "_parser", "_reader", "_held")
 
     def __init__(self, conn: Connection):
         parser = conn._parser
@@ -239,35 +242,55 @@ class _Replies:
                 f"redis_batch: the connection's parser is {type(parser).__name__}, not hiredis's"
             )
         self._conn, self._parser, self._reader = conn, parser, reader
+        self._held: Any = NOT_ENOUGH_DATA  # what ``now`` took but could not answer with
 
-    async def next(self) -> Any:
-        """The next reply; an error reply (a ResponseError) is returned, not raised."""
+    def now(self) -> Any:
+        """The next reply if the reader holds it whole, else NOT_ENOUGH_DATA: then call ``wait``.
+        Most replies of a pipeline arrive together: taking them here costs no coroutine."""
+        reply = self._reader.gets()
+        if type(reply) in _PLAIN:
+            return reply
+        if isinstance(reply, (hiredis.PushNotification, RedisConnectionError)):
+            self._held = reply  # for ``wait`` to deal with
+            return NOT_ENOUGH_DATA
+        return reply  # NOT_ENOUGH_DATA, or an error reply
+
+    async def wait(self) -> Any:
+        """The next reply after ``now`` answered NOT_ENOUGH_DATA, reading from the socket as
+        needed; an error reply (a ResponseError) is returned, not raised."""
+        reply, self._held = self._held, NOT_ENOUGH_DATA
         while True:
-            reply = self._reader.gets()
             if reply is NOT_ENOUGH_DATA:
                 await self._read_more()
             elif isinstance(reply, hiredis.PushNotification):  # not a reply: the client's
                 await self._parser.handle_push_response(reply)
             else:
                 break
+            reply = self._reader.gets()
         if isinstance(reply, RedisConnectionError):
             raise reply  # the server dropped us mid-pipeline: the rest of it fails
         return reply
+
+    async def next(self) -> Any:
+        """The next reply (``now``, else ``wait``)."""
+        reply = self.now()
+        return await self.wait() if reply is NOT_ENOUGH_DATA else reply
 
     async def transaction(self, count: int) -> Any:
         """MULTI's reply, ``count`` QUEUED ones and EXEC's: EXEC's list of replies, or the
         first error among them (a ResponseError, returned as ``next`` returns one)."""
         refused = None
-        for _ in range(count + 1):  # MULTI's +OK, then a +QUEUED (or an error) per command
-            reply = await self.next()
+        for _ in range(count + 2):  # MULTI's +OK, a +QUEUED (or an error) per command, EXEC's
+            reply = self.now()
+            if reply is NOT_ENOUGH_DATA:
+                reply = await self.wait()
             if refused is None and isinstance(reply, Exception):
                 refused = reply
-        done = await self.next()
-        if refused is not None:  # EXEC answered EXECABORT: nothing was applied
-            return ResponseError(f"{refused} (transaction not applied)")
-        if isinstance(done, Exception):
-            return done
-        return next((r for r in done if isinstance(r, Exception)), done)
+        if refused is not None:
+            if refused is not reply:  # EXEC answered EXECABORT: nothing was applied
+                return ResponseError(f"{refused} (transaction not applied)")
+            return reply  # EXEC's own error
+        return next((r for r in reply if isinstance(r, Exception)), reply)
 
     async def _read_more(self) -> None:
         timeout = self._conn.socket_timeout

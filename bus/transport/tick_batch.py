@@ -19,11 +19,22 @@ class TickBatcher(ABC):
         self._max = max_batch
         self._queue: list[tuple[Any, ...]] = []
         self._drain: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _future(self) -> asyncio.Future[Any]:
+        """A caller's future, on the loop this batcher serves (bound at its first use):
+        ``asyncio.get_running_loop`` makes a getpid system call each time on Python 3.11, and
+        the batchers are called a few times per message (bench/RESULTS.md, session 15)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.create_future()
 
     def _enqueue(self, item: tuple[Any, ...]) -> None:
         self._queue.append(item)
         if self._drain is None:
-            self._drain = asyncio.get_running_loop().create_task(self._run())
+            loop = self._loop or asyncio.get_running_loop()
+            self._drain = loop.create_task(self._run())
 
     async def _run(self) -> None:
         try:

@@ -65,3 +65,17 @@ def test_threads_never_share_an_id() -> None:
         t.join()
     every = [mid for out in made for mid in out]
     assert len(set(every)) == len(every)
+
+
+def test_evolve_changes_each_field_alone_as_dataclasses_replace_does() -> None:
+    """evolve is written out field by field: a field added to Envelope and left out of it
+    fails here."""
+    import dataclasses
+
+    env = envelope.Envelope.new("f", {"a": 1}, {"source": "s"})
+    for f in dataclasses.fields(envelope.Envelope):
+        value = object()
+        assert env.evolve(**{f.name: value}) == dataclasses.replace(env, **{f.name: value})
+    assert env.evolve() == env and env.evolve() is not env
+    with pytest.raises(TypeError, match="no field"):
+        env.evolve(colour="red")
