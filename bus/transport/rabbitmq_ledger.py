@@ -70,10 +70,14 @@ def line(e: LedgerEntry) -> bytes:
     d: dict[str, object] = {"kind": e.kind, "at": e.at}
     if e.flow:
         d["flow"] = e.flow
-    for name in ("step", "attempt", "outcome", "error"):
-        value = getattr(e, name)
-        if value is not None:
-            d[name] = value
+    if e.step is not None:  # written out, not a loop of getattr: a line per step per message
+        d["step"] = e.step
+    if e.attempt is not None:
+        d["attempt"] = e.attempt
+    if e.outcome is not None:
+        d["outcome"] = e.outcome
+    if e.error is not None:
+        d["error"] = e.error
     if e.detail:
         d["detail"] = e.detail
     return orjson.dumps(d)
