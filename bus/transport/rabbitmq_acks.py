@@ -20,7 +20,7 @@ from typing import Any
 import aiormq
 from aiormq.abc import ChannelFrame
 
-from bus.transport.tick_batch import TickBatcher
+from bus.transport.tick_batch import TickBatcher, cancelled_mid_send, fail_all
 
 MAX_BATCH = 512  # acks per write: 21 bytes each
 
@@ -71,22 +71,12 @@ class AckBatch(TickBatcher):
             self.writes += 1
             await drained
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # ours: the loop is shutting down
-                for *_, fut in items:
-                    fut.cancel()
+            closed = aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+            if cancelled_mid_send(items, closed):
                 raise
-            # the channel's drain future, cancelled by its closing: the callers' acks failed
-            _fail(items, aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed"))
         except Exception as exc:
-            _fail(items, exc)
+            fail_all(items, exc)
         else:
             for *_, fut in items:
                 if not fut.done():
                     fut.set_result(None)
-
-
-def _fail(items: list[Item], exc: BaseException) -> None:
-    for *_, fut in items:
-        if not fut.done():
-            fut.set_exception(exc)

@@ -27,7 +27,7 @@ from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 
 from bus.transport import rabbitmq_frames
-from bus.transport.tick_batch import TickBatcher
+from bus.transport.tick_batch import TickBatcher, cancelled_mid_send, fail_all
 
 MAX_BATCH = 256  # messages per write: bounds one frame's size and one burst of marshalling
 
@@ -96,21 +96,11 @@ class PublishBatch(TickBatcher):
                 self.writes += 1
                 await drained  # the next batch gathers while the writer sends this one
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # ours: the loop is shutting down
-                for *_, fut in batch:
-                    fut.cancel()
+            closed = aiormq.exceptions.ChannelInvalidStateError(f"{self._channel} closed")
+            if cancelled_mid_send(batch, closed):
                 raise
-            # a future of the channel's that closing cancelled: not a cancellation of the callers
-            _fail(batch, aiormq.exceptions.ChannelInvalidStateError(f"{self._channel} closed"))
         except Exception as exc:  # the channel is gone: every caller not settled shares the error
-            _fail(batch, exc)
-
-
-def _fail(batch: list[Item], exc: BaseException) -> None:
-    for *_, fut in batch:
-        if not fut.done():
-            fut.set_exception(exc)
+            fail_all(batch, exc)
 
 
 async def _write(channel: aiormq.Channel, batch: list[Item]) -> asyncio.Future | None:

@@ -51,3 +51,24 @@ class TickBatcher(ABC):
     @abstractmethod
     async def _send(self, batch: list[Any]) -> None:
         """Send ``batch`` and settle each item's future (its last element)."""
+
+
+def fail_all(items: list[Any], exc: BaseException) -> None:
+    """Fail every item's future not settled yet (its last element) with ``exc``."""
+    for *_, fut in items:
+        if not fut.done():
+            fut.set_exception(exc)
+
+
+def cancelled_mid_send(items: list[Any], closed: BaseException) -> bool:
+    """For a ``_send`` interrupted by CancelledError. True when the drain task itself is being
+    cancelled (the loop is shutting down): the callers' futures are cancelled and the caller
+    re-raises. Otherwise a future of the channel's was cancelled by its closing, which is not a
+    cancellation of the callers: they fail with ``closed``."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        for *_, fut in items:
+            fut.cancel()
+        return True
+    fail_all(items, closed)
+    return False
