@@ -5,6 +5,8 @@ attribute (timestamps into datetimes, every setattr checked) and runs the callba
 its own; a worker reads only the body, two headers and the message id. That wrapping was 5-7 %
 of a worker's CPU in the distributed benchmark's profile (bench/RESULTS.md, session 12).
 
+Acks go through the consumer's ``AckBatch``: the acks of one tick share a socket write.
+
 The consumer sits on the robust channel's aiormq channel. aio_pika restores only the consumers it
 registered itself, so this one registers again, with its tag, each time the channel reopens
 after a reconnect, and again after the broker cancels it.
