@@ -321,6 +321,7 @@ def main() -> None:
                     help="experiment (embedded): sys.setswitchinterval in the bus (default 0.001, tune_process)")
     ap.add_argument("--pythonpath", default=None,
                     help="experiment: PYTHONPATH for the bus, e.g. a dir with sniffio installed")
+    ap.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args()
     gen = generate if args.generator == "raw" else generate_aiohttp
     rabbit = args.transport == "rabbitmq"
@@ -392,8 +393,9 @@ def main() -> None:
         finally:
             bus.stop()
             c.stop(sink)
-    c.append_results(f"End to end: webhook → map → HTTP sink ({args.transport})", [c.invocation()],
-                     "\n".join(lines + cpu_lines))
+    if not args.no_results:
+        c.append_results(f"End to end: webhook → map → HTTP sink ({args.transport})",
+                         [c.invocation()], "\n".join(lines + cpu_lines))
 
 
 if __name__ == "__main__":
