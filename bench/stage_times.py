@@ -20,6 +20,7 @@ from bus.transport.rabbitmq import RabbitTransport
 from bus.transport.redis_batch import RedisBatch
 
 STAGES: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+COUNTS: dict[str, list[int]] = collections.defaultdict(list)
 
 
 def timed(owner: object, name: str, label: str) -> None:
@@ -66,9 +67,6 @@ def redis_pipelines() -> None:
             COUNTS["redis: commands per pipeline"].append(len(batch))
 
     RedisBatch.call, RedisBatch._send = timed_call, timed_send
-
-
-COUNTS: dict[str, list[int]] = collections.defaultdict(list)
 
 
 def report() -> None:

@@ -135,8 +135,7 @@ class RabbitDelivery(Delivery):
         # admit runs only queued records: the one state index an ending leaves
         self._was = MessageState.QUEUED if stored else None
         self._ended = False
-        self._outbox: list[Out] | None = None  # recorded, to publish and ack in ``send``
-        self._sent_gen = 0
+        self._outbox: list[Out] | None = None  # recorded (generation _gen + 1), for ``send``
 
     async def _end(self, envelope: Envelope, outbox: list[Out], **update: object) -> None:
         """Record (Redis): the ending is durable once this returns. The outbox is published and
@@ -157,7 +156,7 @@ class RabbitDelivery(Delivery):
             self._ended = False
             raise
         self.current = envelope
-        self._outbox, self._sent_gen = outbox, gen
+        self._outbox = outbox
 
     async def send(self) -> None:
         """Publish the recorded outbox (confirmed), mark it sent, ack; nothing if not ended.
@@ -170,7 +169,7 @@ class RabbitDelivery(Delivery):
         if outbox is None:
             return
         if outbox:  # an empty one was recorded as sent by the update (one script call less)
-            await flush(self._t, self.current.id, self._sent_gen, outbox, wait=False)
+            await flush(self._t, self.current.id, self._gen + 1, outbox, wait=False)
         await self._t.ack(self._msg)
 
     async def checkpoint(self, envelope: Envelope, entries: Sequence[LedgerEntry] = ()) -> None:
