@@ -242,6 +242,13 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_steal_seconds() -> float:
+    """CPU time the hypervisor ran other guests while this VM's cores had work (/proc/stat's
+    steal): a stall of the whole machine shows here, not in any process's CPU."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return int(fields[7]) / os.sysconf("SC_CLK_TCK")
+
+
 def pids_named(name: str) -> list[int]:
     """The pids whose command name is exactly ``name`` (e.g. ``beam.smp``, ``redis-server``)."""
     out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout

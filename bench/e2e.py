@@ -13,7 +13,9 @@ the bus, not for it); the sink records arrival − sent: the ingress→delivery 
 Each fixed-rate run also reports where the CPU went, per process kind (from /proc/<pid>/stat
 before and after the run): the bus, the sink, this generator, and for ``--transport rabbitmq``
 RabbitMQ's beam.smp and redis-server (the machine's, so other users' traffic counts too), plus
-the rest of the machine and idle, all in % of one core.
+the rest of the machine, idle and steal (time the hypervisor gave to other guests), all in % of
+one core. Each run also reports the generator's longest gap between two passes of its send loop:
+past 50 ms the sender itself was held up, and a failing verdict says so.
 
 ``--transport rabbitmq``: ``--serve N`` ``tieline serve`` processes on one port (SO_REUSEPORT)
 and ``--workers M`` ``tieline worker`` processes, on the machine's RabbitMQ (127.0.0.1:5672,
@@ -84,8 +86,10 @@ async def generate_aiohttp(url: str, rate: float, duration: float, *, inflight: 
         sampler = asyncio.create_task(sample_backlog(probe, load, stop))
         tasks: set[asyncio.Task] = set()
         t0 = time.perf_counter()
-        i, next_tick = 0, 1.0
+        i, next_tick, last = 0, 1.0, 0.0
         while (elapsed := time.perf_counter() - t0) < duration:
+            load.paused_ms = max(load.paused_ms, (elapsed - last) * 1000)
+            last = elapsed
             due = int(elapsed * rate)
             while i < due:
                 if sem.locked():
@@ -123,6 +127,11 @@ def drain(sink_port: int, expected: int, url: str, timeout: float = 60.0) -> dic
     return c.sink_stats(sink_port, reset=True)
 
 
+# The generator's send loop sleeps 2 ms a pass; a gap this long means the sender itself was held
+# up (by the machine: see the steal column), which a failing verdict then says.
+PAUSED_MS = 50.0
+
+
 def verdict(load: Load, stats: dict) -> tuple[dict, list[str]]:
     lat = [x * 1000 for x in stats["latencies"]]
     fig = {"rate": load.rate, "achieved": load.achieved(), "accepted": load.accepted,
@@ -130,7 +139,7 @@ def verdict(load: Load, stats: dict) -> tuple[dict, list[str]]:
            "p99": c.pct(lat, 99), "ack_p99": c.pct(load.ack_ms, 99),
            "backlog_end": load.backlog[-1] if load.backlog else -1,
            "backlog_max": max(load.backlog, default=-1), "statuses": dict(load.statuses),
-           "skipped": load.skipped}
+           "skipped": load.skipped, "paused": load.paused_ms}
     why = []
     if fig["p99"] > 100:
         why.append(f"p99 {fig['p99']:.0f} ms > 100 ms")
@@ -139,6 +148,8 @@ def verdict(load: Load, stats: dict) -> tuple[dict, list[str]]:
         why.append(f"backlog grew to {fig['backlog_end']}")
     if fig["achieved"] < 0.95 * load.rate or load.skipped:
         why.append(f"generator held only {fig['achieved']:.0f}/s ({load.skipped} skipped)")
+    if why and load.paused_ms > PAUSED_MS:
+        why.append(f"the generator itself was held up {load.paused_ms:.0f} ms")
     if fig["delivered"] < fig["accepted"]:
         why.append(f"{fig['accepted'] - fig['delivered']} not delivered within the drain time")
     return fig, why
@@ -147,7 +158,7 @@ def verdict(load: Load, stats: dict) -> tuple[dict, list[str]]:
 def row(fig: dict, why: list[str]) -> str:
     return (f"| {fig['rate']:.0f} | {fig['achieved']:.0f} | {fig['accepted']} | {fig['delivered']} | "
             f"{fig['p50']:.1f} | {fig['p95']:.1f} | {fig['p99']:.1f} | {fig['ack_p99']:.1f} | "
-            f"{fig['backlog_max']} | {'; '.join(why) or 'ok'} |")
+            f"{fig['backlog_max']} | {fig['paused']:.0f} | {'; '.join(why) or 'ok'} |")
 
 
 # ----- the processes under test ----------------------------------------------------------------
@@ -256,22 +267,23 @@ class Cpu:
     by_kind: dict[str, float]
     rest: float
     wall: float
+    steal: float  # CPU time the hypervisor gave to other guests while this VM had work
 
     def idle(self) -> float:
-        return os.cpu_count() * self.wall - sum(self.by_kind.values()) - self.rest
+        return os.cpu_count() * self.wall - sum(self.by_kind.values()) - self.rest - self.steal
 
 
 def metered(kinds: dict[str, list[int]], run: Callable[[], object]) -> tuple[object, Cpu]:
     """``run()``, with the CPU each kind of process used meanwhile."""
-    def snap() -> tuple[dict[str, float], float, float]:
+    def snap() -> tuple[dict[str, float], float, float, float]:
         return ({k: sum(c.cpu_seconds(p) for p in pids) for k, pids in kinds.items()},
-                c.machine_busy_seconds(), time.perf_counter())
+                c.machine_busy_seconds(), c.machine_steal_seconds(), time.perf_counter())
 
-    before, busy0, t0 = snap()
+    before, busy0, steal0, t0 = snap()
     out = run()
-    after, busy1, t1 = snap()
+    after, busy1, steal1, t1 = snap()
     used = {k: after[k] - before[k] for k in kinds}
-    return out, Cpu(used, max(0.0, busy1 - busy0 - sum(used.values())), t1 - t0)
+    return out, Cpu(used, max(0.0, busy1 - busy0 - sum(used.values())), t1 - t0, steal1 - steal0)
 
 
 SYSTEM = ("bus", "bus serve", "bus worker", "beam.smp", "redis-server")  # what a message costs
@@ -279,8 +291,8 @@ SYSTEM = ("bus", "bus serve", "bus worker", "beam.smp", "redis-server")  # what 
 
 def cpu_header(kinds: dict[str, list[int]]) -> list[str]:
     cols = [f"{k} ×{len(p)}" if len(p) > 1 else k for k, p in kinds.items()]
-    return [f"| target msg/s | {' | '.join(cols)} | rest of machine | idle | bus µs/msg |",
-            "| --- " * (len(cols) + 4) + "|"]
+    return [f"| target msg/s | {' | '.join(cols)} | rest of machine | idle | steal | bus µs/msg |",
+            "| --- " * (len(cols) + 5) + "|"]
 
 
 def cpu_row(rate: str, cpu: Cpu, accepted: int) -> str:
@@ -290,11 +302,11 @@ def cpu_row(rate: str, cpu: Cpu, accepted: int) -> str:
     system = sum(s for k, s in cpu.by_kind.items() if k in SYSTEM)
     per_msg = f"{system / accepted * 1e6:.0f}" if accepted else "-"
     return (f"| {rate} | {' | '.join(cells)} | {cpu.rest / cpu.wall:.0%} | "
-            f"{cpu.idle() / cpu.wall:.0%} | {per_msg} |")
+            f"{cpu.idle() / cpu.wall:.0%} | {cpu.steal / cpu.wall:.1%} | {per_msg} |")
 
 
 HEADER = ["| target msg/s | sent/s | 202 | delivered | p50 ms | p95 ms | p99 ms | 202 p99 ms | "
-          "max backlog | verdict |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "max backlog | generator's longest gap ms | verdict |", "| --- " * 11 + "|"]
 
 
 def main() -> None:

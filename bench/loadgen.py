@@ -136,8 +136,10 @@ async def generate(url: str, rate: float, duration: float, *, inflight: int = 51
         stop = asyncio.Event()
         sampler = asyncio.create_task(sample_backlog(probe, load, stop))
         t0 = time.perf_counter()
-        i, next_tick = 0, 1.0
+        i, next_tick, last = 0, 1.0, 0.0
         while (elapsed := time.perf_counter() - t0) < duration:
+            load.paused_ms = max(load.paused_ms, (elapsed - last) * 1000)
+            last = elapsed
             due = int(elapsed * rate)
             while i < due:
                 if len(waiting) + len(started) >= inflight:

@@ -21,6 +21,10 @@ class Load:
     retry_after: int = 0  # 503 answers that carried Retry-After
     ack_ms: list[float] = field(default_factory=list)  # request → 202 (response time)
     backlog: list[int] = field(default_factory=list)  # /readyz samples, one a second
+    # The generator's own longest pause: the most its send loop (a 2 ms sleep) ran late. Past
+    # ~50 ms the sender itself was held up (the machine, not the bus): a burst of late sends
+    # follows, and their latency counts from when they were due.
+    paused_ms: float = 0.0
 
     @property
     def accepted(self) -> int:
