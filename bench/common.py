@@ -112,13 +112,22 @@ def drop_prefix(prefix: str, flows: tuple[str, ...] = ("relay",)) -> None:
     asyncio.run(drop())
 
 
-def order(msg_id: str, sent: float | None = None) -> bytes:
-    """The JSON body every server gets: the same shape for tieline, the bare app and Node-RED."""
-    return orjson.dumps({"type": "order.created", "data": {
-        "id": msg_id, "total": 12.5, "sent": time.time() if sent is None else sent,
-        "customer": {"name": "Ada Lovelace", "phone": "+14155550100", "tier": "vip"},
-        "items": [{"sku": "BLENDER-1", "qty": 1}, {"sku": "CUP-2", "qty": 4}],
-    }})
+def order(msg_id: str, sent: float | None = None, size: int = 0) -> bytes:
+    """The JSON body every server gets: the same shape for tieline, the bare app and Node-RED.
+
+    ``size`` > 0: the order also carries the call's transcript, utterances of ~90 bytes, until
+    the body is at least ``size`` bytes (a larger message, as a live transcript makes)."""
+    data = {"id": msg_id, "total": 12.5, "sent": time.time() if sent is None else sent,
+            "customer": {"name": "Ada Lovelace", "phone": "+14155550100", "tier": "vip"},
+            "items": [{"sku": "BLENDER-1", "qty": 1}, {"sku": "CUP-2", "qty": 4}]}
+    body = orjson.dumps({"type": "order.created", "data": data})
+    if size > len(body):
+        line = {"speaker": "agent", "at": 0, "text": "I can see the order; the blender ships "
+                                                    "back free of charge."}
+        count = (size - len(body)) // len(orjson.dumps(line)) + 1
+        data["transcript"] = [{**line, "at": i} for i in range(count)]
+        body = orjson.dumps({"type": "order.created", "data": data})
+    return body
 
 
 class Signer:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -39,22 +40,24 @@ import httpx
 NODERED = c.BENCH / "nodered"
 
 
-def write_pool(path: Path, n: int, signer: c.Signer) -> None:
+def write_pool(path: Path, n: int, signer: c.Signer, size: int = 0) -> None:
     tag = uuid.uuid4().hex[:8]
     ts = int(time.time())
     with path.open("w") as f:
         for i in range(n):
             mid = f"msg_{tag}_{i}"
-            body = c.order(mid)
+            body = c.order(mid, size=size)
             h = signer.headers(mid, body, ts)
             f.write(f"{mid}\t{ts}\t{h['webhook-signature']}\t{body.decode()}\n")
+        f.flush()
+        os.fsync(f.fileno())  # written back now, not during the run (the servers fsync too)
 
 
 def wrk_cmd(port: int, pool: Path, args: argparse.Namespace, secs: int = 0) -> list[str]:
     secs = secs or args.duration
     return ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{secs}s",
             "--timeout", "5s", "-s", str(c.BENCH / "post_pool.lua"), f"http://127.0.0.1:{port}",
-            "--", str(pool), str(args.threads), c.HOOK]
+            "--", str(pool), str(args.threads), c.HOOK, *(["stream"] if args.stream else [])]
 
 
 def run_wrk(cmd: list[str], timeout: float) -> dict:
@@ -162,7 +165,7 @@ def profile(servers: dict, tmp: Path, args: argparse.Namespace, signer: c.Signer
     lines = []
     for fmt, out in (("flamegraph", f"/tmp/{args.profile_target}-ingress.svg"), ("raw", str(tmp / "stacks.txt"))):
         pool = tmp / "pool-prof.tsv"
-        write_pool(pool, args.pool, signer)
+        write_pool(pool, args.pool, signer, args.body_bytes)
         # --gil: sample only the thread holding the GIL, i.e. where the CPU goes
         spy = subprocess.Popen([pyspy, "record", "--pid", str(proc.pid), "--format", fmt, "-o", out,
                                 "--duration", str(args.duration), "--rate", "200", "--nonblocking",
@@ -211,6 +214,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
     ap.add_argument("--pool", type=int, default=40_000, help="pre-signed requests per run")
     ap.add_argument("--sync", default="full", choices=["full", "normal"])
+    ap.add_argument("--body-bytes", type=int, default=0,
+                    help="pad each order with a call transcript to this many bytes (default: the "
+                         "plain order, ~250 bytes)")
+    ap.add_argument("--stream", action="store_true",
+                    help="wrk reads the pool as it sends instead of holding it (on with "
+                         "--body-bytes: such a pool can be gigabytes)")
     ap.add_argument("--servers", default="bare,tieline,tieline-no-delivery,nodered",
                     help="comma-separated; tieline-no-delivery = the bus with its consumer off; "
                          "tieline-no-delivery-asgi = the same with webhooks through uvicorn's "
@@ -226,6 +235,7 @@ def main() -> None:
     ap.add_argument("--profile-target", default="tieline",
                     choices=["tieline", "tieline-no-delivery"])
     args = ap.parse_args()
+    args.stream = args.stream or args.body_bytes > 0
     args.servers = args.servers.split(",") if isinstance(args.servers, str) else args.servers
     args.servers = [*dict.fromkeys(["tieline", *args.servers])]  # tieline is always measured
     if args.against:
@@ -243,7 +253,7 @@ def main() -> None:
             names = [n for n in args.servers if n in servers]
             for name in names:  # warm up (JITs, caches, SQLite pages); not counted
                 pool = tmp / "pool.tsv"
-                write_pool(pool, args.pool // 4, signer)
+                write_pool(pool, args.pool // 4, signer, args.body_bytes)
                 run_wrk(wrk_cmd(servers[name][0], pool, args, args.warmup), args.warmup + 60)
             runs: dict[str, list[dict]] = {n: [] for n in names}
             cmds = []
@@ -251,7 +261,7 @@ def main() -> None:
                 order = names[rnd % len(names):] + names[:rnd % len(names)]
                 for name in order:
                     pool = tmp / "pool.tsv"
-                    write_pool(pool, args.pool, signer)  # fresh ids and timestamps every run
+                    write_pool(pool, args.pool, signer, args.body_bytes)  # fresh ids and timestamps every run
                     cmd = wrk_cmd(servers[name][0], pool, args)
                     if rnd == 0:
                         cmds.append(f"# {name}\n" + " ".join(cmd).replace(f"{c.BENCH.parent}/", ""))
@@ -274,7 +284,9 @@ def main() -> None:
 
 def report(runs: dict[str, list[dict]], args: argparse.Namespace, backlog: dict, rss: dict) -> str:
     out = [f"wrk -t{args.threads} -c{args.connections}, {args.duration} s per run, {args.rounds} "
-           f"rounds alternated; sync={args.sync}; 202 req/s (tieline: first-time ids only).\n",
+           f"rounds alternated; sync={args.sync}; body {len(c.order('msg_x', size=args.body_bytes)):,} "
+           f"bytes; pool {args.pool:,}{' streamed' if args.stream else ''}; 202 req/s (first-time "
+           "ids only for the servers that dedupe).\n",
            "| server | median req/s | runs req/s | median CPU µs/req | median p50 ms | median p99 ms "
            "| non-202 | RSS MiB |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -307,6 +319,10 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace, backlog: dict,
             out.append(f"- {a} / {b}{why}: median ratio {c.median(ratios):.2f} "
                        f"(per round: {', '.join(f'{x:.2f}' for x in ratios)}); CPU per "
                        f"request {c.median(cpu):.2f}×")
+    for name, rs in runs.items():
+        if repeats := sum(r["n200"] for r in rs):
+            out.append(f"- WARNING: {name} answered {repeats} repeats of the pool as duplicates "
+                       "(200): its 202 rate is capped by the pool; rerun with a larger --pool")
     out.append(f"- tieline backlog after the runs: {backlog.get('backlog')}")
     if "tieline-rabbit" in runs and "tieline-rabbit-x2" in runs:
         ratios = [b["ok_rps"] / a["ok_rps"] for a, b in

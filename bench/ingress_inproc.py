@@ -34,11 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as c  # noqa: E402
 
 
-def requests(n: int, signer: c.Signer, tag: str) -> list[tuple[list[tuple[bytes, bytes]], bytes]]:
+def requests(n: int, signer: c.Signer, tag: str,
+             size: int = 0) -> list[tuple[list[tuple[bytes, bytes]], bytes]]:
     out = []
     for i in range(n):
         mid = f"msg_{tag}_{i}"
-        body = c.order(mid)
+        body = c.order(mid, size=size)
         headers = [(k.encode(), v.encode()) for k, v in signer.headers(mid, body).items()]
         headers += [(b"host", b"127.0.0.1:8080"), (b"content-length", str(len(body)).encode())]
         out.append((headers, body))
@@ -133,10 +134,11 @@ async def measured(app, reqs: list, concurrency: int, profile: cProfile.Profile 
             "loop_us": loop / len(reqs) * 1e6, "others_us": (cpu - loop) / len(reqs) * 1e6}
 
 
-def one_round(name: str, n: int, concurrency: int, profile: cProfile.Profile | None, tag: str):
+def one_round(name: str, n: int, concurrency: int, profile: cProfile.Profile | None, tag: str,
+              size: int = 0):
     import uvloop
 
-    reqs = requests(n + 200, c.Signer(), tag)
+    reqs = requests(n + 200, c.Signer(), tag, size)
     c.tune_process()
     with tempfile.TemporaryDirectory(prefix="tieline-inproc-") as d:
         runner = run_tieline if name == "tieline" else run_bare
@@ -151,6 +153,8 @@ def main() -> None:
     p.add_argument("--apps", default="tieline,bare-durable")
     p.add_argument("--profile", action="store_true", help="cProfile the tieline runs (loop thread)")
     p.add_argument("--top", type=int, default=35)
+    p.add_argument("--body-bytes", type=int, default=0,
+                   help="pad each order with a call transcript to this many bytes")
     args = p.parse_args()
     from bus.logs import configure
 
@@ -161,7 +165,7 @@ def main() -> None:
     for r in range(args.rounds):
         for a in apps:
             result = one_round(a, args.n, args.concurrency, profile if a == "tieline" else None,
-                               f"{a}{r}{time.time_ns()}")
+                               f"{a}{r}{time.time_ns()}", args.body_bytes)
             runs[a].append(result)
             print(f"round {r + 1} {a}: {result['us_per_req']:.0f} µs CPU/req (loop thread "
                   f"{result['loop_us']:.0f}, other threads {result['others_us']:.0f}), "

@@ -1,8 +1,10 @@
 -- wrk script: POST a pool of pre-signed Standard Webhooks requests, each sent once.
--- Usage: wrk -s bench/post_pool.lua URL -- POOL_FILE NTHREADS PATH
+-- Usage: wrk -s bench/post_pool.lua URL -- POOL_FILE NTHREADS PATH [stream]
 -- POOL_FILE lines: webhook-id \t webhook-timestamp \t webhook-signature \t JSON body.
 -- Thread k takes lines k, k+N, k+2N…; when its share runs out it starts again, and the repeats
 -- are answered 200 (duplicates) — counted apart, so a too-small pool shows in the figures.
+-- "stream": read the pool line by line as requests go out instead of holding it all (a pool of
+-- large bodies can be gigabytes); it costs wrk a line's parse per request.
 local threads = {}
 local counter = 0
 
@@ -16,8 +18,35 @@ local reqs = {}
 local i = 0
 n202, n200, nother = 0, 0, 0
 
+local stream, pool_file, pool_path, share, hook_path = false, nil, nil, 1, nil
+
+local function format(line)
+  local id, ts, sig, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
+  return wrk.format("POST", hook_path, {
+    ["Content-Type"] = "application/json", ["webhook-id"] = id,
+    ["webhook-timestamp"] = ts, ["webhook-signature"] = sig }, body)
+end
+
+local n_read = 0
+local function next_streamed()
+  while true do
+    local line = pool_file:read("*l")
+    if line == nil then  -- the pool ran out: from the top again (repeats, counted apart)
+      pool_file:close(); pool_file = io.open(pool_path); n_read = 0
+    else
+      n_read = n_read + 1
+      if (n_read - 1) % share == tid then return format(line) end
+    end
+  end
+end
+
 function init(args)
   local pool, nthreads, path = args[1], tonumber(args[2]), args[3]
+  hook_path, share, pool_path = path, nthreads, pool
+  if args[4] == "stream" then
+    stream, pool_file = true, io.open(pool)
+    return
+  end
   local n = 0
   for line in io.lines(pool) do
     if n % nthreads == tid then
@@ -31,6 +60,7 @@ function init(args)
 end
 
 function request()
+  if stream then return next_streamed() end
   i = i + 1
   if i > #reqs then i = 1 end
   return reqs[i]
