@@ -173,9 +173,11 @@ class SqliteTransport(Transport):
             return PublishResult(accepted=[], duplicate_of=outcome)
         return PublishResult(accepted=[e.id for e in envs])
 
-    def enqueue(self, envelope: Envelope, available_at: float, *, new: bool = True) -> None:
-        """A queued message was committed (``new``: not yet counted in the backlog)."""
-        self.queues.enqueue(envelope, available_at, new=new)
+    def enqueue(self, envelope: Envelope, available_at: float, *, new: bool = True,
+                size: int | None = None) -> None:
+        """A queued message was committed (``new``: not yet counted in the backlog; ``size``:
+        bytes of its stored JSON, if known)."""
+        self.queues.enqueue(envelope, available_at, new=new, size=size)
 
     def settled(self, flow: str) -> None:
         """A message of ``flow`` reached a terminal state."""
@@ -311,7 +313,7 @@ class Publish:
     record: a publish waits about a commit cycle, and everything it holds meanwhile is work
     for the garbage collector (closures over these values were a dozen tracked cells)."""
 
-    __slots__ = ("transport", "envs", "dedupe_key", "now", "delay", "entries", "future")
+    __slots__ = ("transport", "envs", "dedupe_key", "now", "delay", "entries", "future", "sizes")
 
     def __init__(
         self,
@@ -324,6 +326,15 @@ class Publish:
     ):
         self.transport, self.envs, self.dedupe_key = transport, envs, dedupe_key
         self.now, self.delay, self.entries = now, delay, entries
+        # Bytes of each envelope's stored JSON, noted on the writer thread as it writes them:
+        # the queue's byte budget, without serialising the envelope a second time.
+        self.sizes: list[int] | None = None
+
+    def message_rows(self, available_at: float) -> list[tuple]:
+        """The messages table's rows of ``envs``, noting their sizes."""
+        rows = [store.message_row(e, available_at, self.now) for e in self.envs]
+        self.sizes = [len(row[store.ENVELOPE_COLUMN]) for row in rows]
+        return rows
 
     def work(self, conn: sqlite3.Connection) -> list[str] | _OverBound | None:
         """Store the messages; the dedupe claim's ids instead if the key is taken, or the
@@ -341,7 +352,7 @@ class Publish:
                 store.insert_ledger(conn, [duplicate_entry(key, first, ids, now)])
                 return first
         available_at = now + max(self.delay, 0.0)
-        store.insert_messages(conn, [(e, available_at) for e in envs], now)
+        store.insert_message_rows(conn, self.message_rows(available_at))
         store.insert_ledger(
             conn, [*(received_entry(e, now, self.delay) for e in envs), *self.entries]
         )
@@ -368,5 +379,6 @@ class Publish:
     def after(self, outcome: list[str] | _OverBound | None) -> None:
         if outcome is None:
             available_at = self.now + max(self.delay, 0.0)
-            for e in self.envs:
-                self.transport.enqueue(e, available_at)
+            sizes = self.sizes or [None] * len(self.envs)  # None: written by another process
+            for e, size in zip(self.envs, sizes, strict=True):
+                self.transport.enqueue(e, available_at, size=size)

@@ -85,11 +85,13 @@ class LocalQueues:
         finally:
             self._reserved -= count
 
-    def enqueue(self, envelope: Envelope, available_at: float, *, new: bool = True) -> None:
-        """Hand a committed queued message to its flow's scheduler (``new``: count it in the backlog)."""
+    def enqueue(self, envelope: Envelope, available_at: float, *, new: bool = True,
+                size: int | None = None) -> None:
+        """Hand a committed queued message to its flow's scheduler (``new``: count it in the
+        backlog; ``size``: bytes of its stored JSON, if known)."""
         if new:
             self._backlog[envelope.flow] += 1
-        self._queue(envelope.flow).put(envelope, available_at)
+        self._queue(envelope.flow).put(envelope, available_at, size)
 
     def settled(self, flow: str) -> None:
         """A message of ``flow`` reached a terminal state."""

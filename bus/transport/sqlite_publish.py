@@ -54,7 +54,7 @@ def publish_together(conn: sqlite3.Connection, jobs: Sequence[Publish]) -> list[
             outcomes.append(first)
             continue
         available_at = now + max(job.delay, 0.0)
-        messages += [store.message_row(e, available_at, now) for e in job.envs]
+        messages += job.message_rows(available_at)
         lines += [received_entry(e, now, job.delay) for e in job.envs]
         lines += job.entries
         outcomes.append(None)

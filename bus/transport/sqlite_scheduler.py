@@ -3,10 +3,13 @@
 SQLite is the truth; this is only the order of work. A message sits here at most once and is
 taken out while a handler has it, so two handlers never hold the same message.
 
-Only the first ``window`` messages are held whole; past that a message is held by its id
-alone and read back from the file, a batch at a time, when its turn comes. So a backlog is
-bounded by ``backlog_limit``, not by memory: a queued message held whole cost ~2.4 KB of RSS,
-held by id ~160 bytes (bench/backlog_memory.py, 200,000 queued: +478 MiB against +31 MiB).
+Only the first ``window`` messages, and at most ``window_bytes`` of their bodies, are held
+whole; past that a message is held by its id alone and read back from the file, a batch at a
+time, when its turn comes. So a backlog is bounded by ``backlog_limit``, not by memory: a queued
+message held whole cost ~2.4 KB of RSS, held by id ~160 bytes (bench/backlog_memory.py, 200,000
+queued: +478 MiB against +31 MiB). The byte budget is for large messages: a parsed 66 KB JSON
+body takes ~280 KB of RSS, so 4,096 of them held whole took 1.1 GiB (bench/ingress.py
+--body-bytes 65536, the consumer off).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
+import orjson
 import structlog
 
 from bus.envelope import Envelope
@@ -24,7 +28,19 @@ from bus.envelope import Envelope
 log = structlog.get_logger("tieline.transport")
 
 WINDOW = 4096  # envelopes held whole per flow; the rest by id (a few seconds of traffic)
+# Bytes of JSON held whole per flow, ~4x that in RSS. Small messages reach WINDOW first (4,096
+# of the bench's orders, ~0.6 KB stored, are 2.4 MiB); 66 KB ones stop at ~120 held whole.
+WINDOW_BYTES = 8 * 1024 * 1024
 LOAD_BATCH = 128  # ids read back from the file in one query
+
+
+def body_size(envelope: Envelope) -> int:
+    """About what holding ``envelope`` whole costs, for a caller that does not know its stored
+    size: its body as JSON (orjson: 0.2 µs for a 218-byte body, 18 µs for 66 KB)."""
+    try:
+        return len(orjson.dumps(envelope.body))
+    except TypeError:  # not JSON (a test's object): count it as small
+        return 0
 
 # Reads the queued envelopes of these ids from the file (those no longer queued are left out).
 Load = Callable[[Sequence[str]], Awaitable[dict[str, Envelope]]]
@@ -36,14 +52,19 @@ class FlowQueue:
 
     def __init__(self, clock: Callable[[], float], poll_interval: float,
                  load: Load | None = None, window: int | None = None,
-                 lost: Callable[[str], None] | None = None):
+                 lost: Callable[[str], None] | None = None, window_bytes: int | None = None):
         self._clock = clock
         self._poll = poll_interval
         self._load = load
         # Without a loader every message is held whole (an id could not be read back).
         self._window = (WINDOW if window is None else window) if load is not None else float("inf")
+        self._window_bytes = (
+            (WINDOW_BYTES if window_bytes is None else window_bytes) if load is not None
+            else float("inf"))
         self._lost = lost or (lambda message_id: None)
         self._held = 0  # envelopes held whole
+        self._held_bytes = 0  # their body_size, summed
+        self._sizes: dict[str, int] = {}  # body_size of each envelope held whole, by id
         self._ready: deque[Envelope | str] = deque()
         self._timers: list[tuple[float, int, Envelope | str]] = []
         self._seq = itertools.count()
@@ -52,13 +73,30 @@ class FlowQueue:
     def __len__(self) -> int:
         return len(self._ready) + len(self._timers)
 
-    def put(self, envelope: Envelope, available_at: float) -> None:
-        """Queue a committed message (held by id alone once ``window`` are held whole)."""
-        if self._held < self._window:
-            self._held += 1
+    def put(self, envelope: Envelope, available_at: float, size: int | None = None) -> None:
+        """Queue a committed message: held whole while the window has room in count and in
+        bytes (one always fits into an empty window), else by its id alone. ``size``: bytes
+        of its stored JSON if the caller knows them (else measured here)."""
+        size = self._size(envelope) if size is None else size
+        if self._held < self._window and (
+                not self._held or self._held_bytes + size <= self._window_bytes):
+            self._count_held(envelope, size)
             self._add(envelope, available_at)
         else:
             self._add(envelope.id, available_at)
+
+    def _size(self, envelope: Envelope) -> int:
+        return body_size(envelope) if self._load is not None else 0  # no loader: no budget
+
+    def _count_held(self, envelope: Envelope, size: int) -> None:
+        self._held += 1
+        self._held_bytes += size
+        self._sizes[envelope.id] = size
+
+    def _release(self, envelope: Envelope) -> Envelope:
+        self._held -= 1
+        self._held_bytes -= self._sizes.pop(envelope.id, 0)
+        return envelope
 
     def put_id(self, message_id: str, available_at: float) -> None:
         """Queue a committed message by its id (read back when its turn comes)."""
@@ -82,8 +120,7 @@ class FlowQueue:
                 if isinstance(self._ready[0], str):
                     await self._read_back()
                     continue
-                self._held -= 1
-                return self._ready.popleft()  # type: ignore[return-value]
+                return self._release(self._ready.popleft())  # type: ignore[arg-type]
             # Sleep until the next timer, but at most poll_interval: the clock is injectable
             # and may jump, so we look again now and then instead of trusting one long sleep.
             timeout = min(self._timers[0][0] - now, self._poll) if self._timers else None
@@ -113,5 +150,6 @@ class FlowQueue:
                 self._lost(message_id)
             else:
                 envelopes.append(envelope)
-        self._held += len(envelopes)
+        for envelope in envelopes:  # held whole now, whatever the budget: one batch at most
+            self._count_held(envelope, self._size(envelope))
         self._ready.extendleft(reversed(envelopes))

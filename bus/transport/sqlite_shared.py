@@ -116,9 +116,10 @@ class SharedQueues:
         backlog = claims.backlog_total(conn)
         return backlog if backlog + count > self._t.backlog_limit else None
 
-    def enqueue(self, envelope: Envelope, available_at: float, *, new: bool = True) -> None:
+    def enqueue(self, envelope: Envelope, available_at: float, *, new: bool = True,
+                size: int | None = None) -> None:
         """This process committed a queued message: wake the others, and look for work now if
-        it is ours to run too."""
+        it is ours to run too (claimed from the file: nothing is held, so ``size`` is unused)."""
         self._bell.ring_soon(self._bells, self._bells_gone)
         if envelope.flow in self._consumers:
             due = self._due.get(envelope.flow)

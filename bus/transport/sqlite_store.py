@@ -25,6 +25,9 @@ INSERT_MESSAGE = ("INSERT INTO messages (id, flow, state, envelope, available_at
 INSERT_LEDGER = "INSERT INTO ledger (message_id, at, kind, flow, step, attempt, outcome, error, detail)"
 
 
+ENVELOPE_COLUMN = 3  # where a message_row holds the envelope's JSON
+
+
 def message_row(e: Envelope, available_at: float, now: float) -> tuple:
     """The values of INSERT_MESSAGE for ``e``, queued."""
     return (e.id, e.flow, _QUEUED, e.to_json(), available_at, now, now, e.correlation_id)
@@ -40,8 +43,12 @@ def insert_messages(
     conn: sqlite3.Connection, rows: Iterable[tuple[Envelope, float]], now: float
 ) -> None:
     """Store envelopes as queued messages, each with its own ``available_at``."""
-    conn.executemany(INSERT_MESSAGE + " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     [message_row(e, at, now) for e, at in rows])
+    insert_message_rows(conn, [message_row(e, at, now) for e, at in rows])
+
+
+def insert_message_rows(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    """Store ``message_row`` values."""
+    conn.executemany(INSERT_MESSAGE + " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def insert_ledger(conn: sqlite3.Connection, entries: Iterable[LedgerEntry]) -> None:

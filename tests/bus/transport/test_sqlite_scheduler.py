@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bus.envelope import Envelope
@@ -52,6 +54,43 @@ async def test_past_the_window_messages_are_held_by_id_and_come_back_in_order() 
     assert held_whole(queue) == 3 and len(queue) == 10
     assert await take(queue, 10) == [e.id for e in envs]
     assert load.reads == [[e.id for e in envs[3:]]]  # one read for the seven held by id
+
+
+async def test_past_the_byte_budget_large_messages_are_held_by_id() -> None:
+    """Few large bodies fill the window's bytes long before its count: the rest wait by id,
+    and the budget is given back as messages are taken."""
+    big = [Envelope.new("jobs", {"n": i, "text": "x" * 1000}) for i in range(6)]
+    load = FileOfEnvelopes(big)
+    queue = FlowQueue(time.time, 0.01, load, window=100, window_bytes=2500)
+    for e in big[:5]:
+        queue.put(e, 0)
+    assert held_whole(queue) == 2  # 2 × ~1,020 bytes fit in 2,500, a third does not
+    assert await take(queue, 2) == [big[0].id, big[1].id]
+    assert queue._held_bytes == 0
+    queue.put(big[5], 0)  # room again, but it queues behind the three ids
+    assert held_whole(queue) == 1
+    assert await take(queue, 4) == [e.id for e in big[2:]]
+    assert load.reads == [[e.id for e in big[2:5]]]
+    assert (queue._held, queue._held_bytes, queue._sizes) == (0, 0, {})
+
+
+async def test_one_message_larger_than_the_byte_budget_is_still_held_whole() -> None:
+    """An empty window takes any one message: a lone large message runs without a read back."""
+    huge = Envelope.new("jobs", {"text": "x" * 5000})
+    load = FileOfEnvelopes([huge])
+    queue = FlowQueue(time.time, 0.01, load, window=100, window_bytes=1000)
+    queue.put(huge, 0)
+    assert held_whole(queue) == 1
+    assert await take(queue, 1) == [huge.id] and load.reads == []
+
+
+async def test_small_messages_fill_the_window_by_count_first() -> None:
+    envs = [Envelope.new("jobs", {"n": i}) for i in range(10)]
+    queue = FlowQueue(time.time, 0.01, FileOfEnvelopes(envs), window=4)
+    for e in envs:
+        queue.put(e, 0)
+    assert held_whole(queue) == 4
+    assert queue._held_bytes == sum(len(orjson.dumps(e.body)) for e in envs[:4])
 
 
 async def test_a_message_held_whole_behind_ids_keeps_its_place() -> None:
@@ -163,3 +202,34 @@ async def test_a_restart_with_a_backlog_past_the_window_runs_each_message_once_i
         assert await second.backlog("jobs") == 0
     finally:
         await second.close()
+
+
+async def test_a_publish_counts_the_bytes_it_stored_against_the_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transport hands the queue each message's stored size (the JSON it wrote), so the
+    budget is in the file's bytes, alone or in a batch, and large messages past it wait by id."""
+    monkeypatch.setattr(sqlite_scheduler, "WINDOW_BYTES", 30_000)
+    db = tmp_path / "bus.sqlite3"
+    transport = SqliteTransport(db, poll_interval=0.01)
+    await transport.start()
+    envs = [Envelope.new("jobs", {"n": i, "text": "x" * 10_000}) for i in range(5)]
+    await transport.publish(envs[:1])
+    await asyncio.gather(*(transport.publish([e]) for e in envs[1:]))  # one batch
+    queue = transport.queues._queue("jobs")
+    with sqlite3.connect(db) as conn:
+        stored = dict(conn.execute("SELECT id, length(envelope) FROM messages"))
+    assert held_whole(queue) == 2  # 2 × ~10 KB fit in 30,000 bytes, a third does not
+    assert queue._sizes == {e.id: stored[e.id] for e in envs[:2]}
+    got: list[str] = []
+
+    async def record(d: Delivery) -> None:
+        got.append(d.envelope.id)
+        await complete(d)
+
+    transport.consume("jobs", record, concurrency=1)
+    for _ in range(200):
+        if len(got) == 5:
+            break
+        await asyncio.sleep(0.02)
+    await transport.close()
+    assert got == [e.id for e in envs]
