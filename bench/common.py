@@ -7,6 +7,7 @@ The latency sink (``sink_app``) runs in its own process:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import platform
@@ -285,11 +286,15 @@ def rss_kib(pid: int) -> int:
 
 
 # ----- the latency sink (ASGI, no framework: it must not be the bottleneck) ------------------
+STALL_SECONDS = 10.0  # longer than the bench flow's sink timeout (5 s)
+
+
 class _Sink:
     def __init__(self) -> None:
         self.latencies: list[float] = []  # seconds, ingress send → arrival here
         self.count = 0
         self.down = False
+        self.stalled = False  # hang each delivery (past the bus's 5 s timeout), as a hung sink
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -309,7 +314,12 @@ class _Sink:
         elif path == "/_down":
             self.down = True
         elif path == "/_up":
-            self.down = False
+            self.down = self.stalled = False
+        elif path == "/_stall":
+            self.stalled = True
+        elif self.stalled:
+            await asyncio.sleep(STALL_SECONDS)
+            status, out = 503, b'{"error":"stalled"}'
         elif self.down:
             status, out = 503, b'{"error":"down"}'
         else:

@@ -67,8 +67,10 @@ class _Connection(asyncio.Protocol):
 
 
 async def generate(url: str, rate: float, duration: float, *, inflight: int = 512,
-                   connections: int = 64, on_tick=None) -> Load:  # noqa: ANN001 - optional per-second callback
-    """Send signed webhooks to ``url`` at ``rate``/s for ``duration`` s (open loop, bounded)."""
+                   connections: int = 64, on_tick=None,  # noqa: ANN001 - optional per-second callback
+                   size: int = 0) -> Load:
+    """Send signed webhooks to ``url`` at ``rate``/s for ``duration`` s (open loop, bounded);
+    ``size``: pad each order to that many bytes (``common.order``)."""
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -81,7 +83,7 @@ async def generate(url: str, rate: float, duration: float, *, inflight: int = 51
 
     def request(i: int, due_wall: float) -> bytes:
         mid = f"e2e_{tag}_{i}"
-        body = c.order(mid, due_wall)
+        body = c.order(mid, due_wall, size)
         head = "".join(f"{k}: {v}\r\n" for k, v in signer.headers(mid, body).items())
         return (f"POST {c.HOOK} HTTP/1.1\r\nhost: {host}:{port}\r\n{head}"
                 f"content-length: {len(body)}\r\n\r\n").encode() + body

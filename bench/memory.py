@@ -5,11 +5,15 @@ tieline's RSS is read from /proc every second. Reports the RSS after the warm-up
 s, default 10% of the run) and at the end, and the growth between them. The process runs under
 ``/usr/bin/time -v`` whose "Maximum resident set size" is reported too.
 
-Phase 2: a second bus with ``backlog_limit: --limit`` (default 2000) and the sink answering 503.
-Load at ``--rate`` for ``--down-duration`` s: the backlog must stop at the limit and ingress
-answer 503 with Retry-After; counts the 503s and checks the backlog never passes the limit.
+Phase 2: a second bus with ``backlog_limit: --limit`` (default 2000) and the sink answering 503
+(``--sink stalled``: hanging past the flow's 5 s timeout, so new messages pile up before their
+first try, bodies whole). Load at ``--rate`` for ``--down-duration`` s: the backlog must stop at
+the limit and ingress answer 503 with Retry-After; counts the 503s and checks the backlog never
+passes the limit. ``--body-bytes`` pads each order (a call transcript) to show what large
+messages cost in memory.
 
 Run: .venv/bin/python bench/memory.py [--duration 300] [--rate 200] [--limit 2000]
+     [--body-bytes N] [--sink-down-only] [--pythonpath DIR]
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ import e2e
 import httpx
 
 
-def start_timed(cfg: Path, port: int, tmp: Path) -> tuple:
+def start_timed(cfg: Path, port: int, tmp: Path, pythonpath: str | None = None) -> tuple:
     """``tieline run`` under /usr/bin/time -v; returns (time's process, tieline's pid)."""
     log = tmp / f"time-{port}.log"
+    env = {"PYTHONPATH": pythonpath} if pythonpath else None
     proc = c.spawn(["/usr/bin/time", "-v", c.TIELINE, "run", str(cfg), "--port", str(port),
-                    "--log-level", "warning"], cwd=cfg.parent, log=log)
+                    "--log-level", "warning"], cwd=cfg.parent, log=log, env=env)
     c.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     child = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
     return proc, child, log
@@ -57,7 +62,7 @@ def max_rss_mib(log: Path) -> float:
 def phase1(tmp: Path, args: argparse.Namespace, sink_port: int) -> list[str]:
     port = c.free_port()
     cfg = c.write_config(tmp / "p1", port, f"http://127.0.0.1:{sink_port}")
-    proc, pid, log = start_timed(cfg, port, tmp)
+    proc, pid, log = start_timed(cfg, port, tmp, args.pythonpath)
     samples: list[tuple[float, int]] = []
     t0 = time.perf_counter()
 
@@ -66,7 +71,7 @@ def phase1(tmp: Path, args: argparse.Namespace, sink_port: int) -> list[str]:
 
     try:
         load = asyncio.run(e2e.generate(f"http://127.0.0.1:{port}", args.rate, args.duration,
-                                        on_tick=tick))
+                                        on_tick=tick, size=args.body_bytes))
         stats = e2e.drain(sink_port, load.accepted, f"http://127.0.0.1:{port}")
     finally:
         stop_timed(proc, pid)
@@ -85,20 +90,25 @@ def phase1(tmp: Path, args: argparse.Namespace, sink_port: int) -> list[str]:
 
 
 def phase2(tmp: Path, args: argparse.Namespace, sink_port: int) -> list[str]:
-    httpx.post(f"http://127.0.0.1:{sink_port}/_down", timeout=5)
+    httpx.post(f"http://127.0.0.1:{sink_port}/_{'stall' if args.sink == 'stalled' else 'down'}",
+               timeout=5)
     port = c.free_port()
     cfg = c.write_config(tmp / "p2", port, f"http://127.0.0.1:{sink_port}", backlog_limit=args.limit)
-    proc, pid, log = start_timed(cfg, port, tmp)
+    proc, pid, log = start_timed(cfg, port, tmp, args.pythonpath)
     try:
-        load = asyncio.run(e2e.generate(f"http://127.0.0.1:{port}", args.rate, args.down_duration))
+        load = asyncio.run(e2e.generate(f"http://127.0.0.1:{port}", args.rate, args.down_duration,
+                                        size=args.body_bytes))
         rss = c.rss_kib(pid) / 1024
     finally:
         stop_timed(proc, pid)
         httpx.post(f"http://127.0.0.1:{sink_port}/_up", timeout=5)
     peak = max(load.backlog, default=-1)
     held = "held" if 0 <= peak <= args.limit else "NOT held"
-    return [f"\nPhase 2: sink down (503), backlog_limit {args.limit}, {args.rate:.0f} msg/s for "
-            f"{args.down_duration:.0f} s.\n",
+    how = ("stalled (no answer within the flow's 5 s timeout)" if args.sink == "stalled"
+           else "down (503)")
+    return [f"\nPhase 2: sink {how}, backlog_limit {args.limit}, {args.rate:.0f} msg/s for "
+            f"{args.down_duration:.0f} s; body {len(c.order('m', 0.0, args.body_bytes)):,} bytes; "
+            f"PYTHONPATH={args.pythonpath or '-'}.\n",
             f"- answers: {dict(load.statuses)}; 503s {load.statuses[503]}, of which with "
             f"Retry-After {load.retry_after}",
             f"- backlog peak (sampled each second) {peak} vs limit {args.limit}: bound {held}",
@@ -112,15 +122,25 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=None)
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--down-duration", type=float, default=20)
+    ap.add_argument("--body-bytes", type=int, default=0,
+                    help="pad each order with a call transcript to this many bytes")
+    ap.add_argument("--sink-down-only", action="store_true", help="phase 2 only")
+    ap.add_argument("--sink", default="down", choices=["down", "stalled"],
+                    help="phase 2: the sink answers 503 at once (down), or hangs past the "
+                         "flow's timeout (stalled: new messages pile up before their first try)")
+    ap.add_argument("--pythonpath", default=None,
+                    help="experiment: PYTHONPATH for the bus, e.g. a worktree of another revision")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tieline-mem-") as d:
         tmp = Path(d)
         sink_port = c.free_port()
         sink = c.start_sink(sink_port, tmp / "sink.log")
         try:
-            lines = phase1(tmp, args, sink_port)
+            lines = [] if args.sink_down_only else phase1(tmp, args, sink_port)
             print("\n".join(lines))
-            lines += phase2(tmp, args, sink_port)
+            down = phase2(tmp, args, sink_port)
+            print("\n".join(down))
+            lines += down
         finally:
             c.stop(sink)
     c.append_results("Memory: RSS over a fixed-rate run; backlog bound with the sink down",
