@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import subprocess
 import tempfile
@@ -334,8 +335,13 @@ def main() -> None:
     ap.add_argument("--pythonpath", default=None,
                     help="experiment: PYTHONPATH for the bus, e.g. a dir with sniffio installed")
     ap.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    ap.add_argument("--body-bytes", type=int, default=0,
+                    help="pad each order with a call transcript to this many bytes (the flow "
+                         "maps it down to three fields before delivery)")
     args = ap.parse_args()
-    gen = generate if args.generator == "raw" else generate_aiohttp
+    if args.body_bytes and args.generator != "raw":
+        ap.error("--body-bytes needs the raw generator")
+    gen = functools.partial(generate, size=args.body_bytes) if args.generator == "raw" else generate_aiohttp
     rabbit = args.transport == "rabbitmq"
     if not rabbit and args.serve is not None:
         ap.error("--serve needs --transport rabbitmq (embedded: --workers N runs "
@@ -375,7 +381,7 @@ def main() -> None:
                           *cpu_header(kinds), cpu_row("idle (3 s)", idle, 0)]
             if not args.no_steps:  # first: they stop at the first failing rate
                 lines += [f"Step-up, {args.step_duration:.0f} s per rate ({shape}); "
-                          f"generator {args.generator}, concurrency={args.concurrency or 16}, switch interval "
+                          f"generator {args.generator}, body {len(c.order('m', 0.0, args.body_bytes)):,} bytes, concurrency={args.concurrency or 16}, switch interval "
                           f"{args.switch_interval or 0.001}, PYTHONPATH={args.pythonpath or '-'}; latency = sink arrival − scheduled send.\n",
                           *HEADER]
                 best = None
@@ -394,7 +400,8 @@ def main() -> None:
                 if not args.no_sustained:
                     drain(sink_port, 0, url, timeout=300)  # start the sustained run on an empty backlog
             if not args.no_sustained:
-                lines += [f"\nSustained: {args.rate:.0f} msg/s for {args.duration:.0f} s ({shape}).\n",
+                lines += [f"\nSustained: {args.rate:.0f} msg/s for {args.duration:.0f} s ({shape}; body "
+                          f"{len(c.order('m', 0.0, args.body_bytes)):,} bytes).\n",
                           *HEADER]
                 load, cpu = metered(kinds, lambda: asyncio.run(
                     gen(url, args.rate, args.duration, inflight=args.inflight)))
