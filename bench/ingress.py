@@ -216,7 +216,7 @@ def main() -> None:
     ap.add_argument("--sync", default="full", choices=["full", "normal"])
     ap.add_argument("--body-bytes", type=int, default=0,
                     help="pad each order with a call transcript to this many bytes (default: the "
-                         "plain order, ~250 bytes)")
+                         "plain order, ~220 bytes)")
     ap.add_argument("--stream", action="store_true",
                     help="wrk reads the pool as it sends instead of holding it (on with "
                          "--body-bytes: such a pool can be gigabytes)")
