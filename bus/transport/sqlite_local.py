@@ -107,7 +107,7 @@ class LocalQueues:
                                                    lost=lambda message_id: self._lost(flow, message_id))
         return queue
 
-    async def _read_back(self, message_ids: Sequence[str]) -> dict[str, Envelope]:
+    async def _read_back(self, message_ids: Sequence[str]) -> dict[str, tuple[Envelope, int]]:
         return await self._t.reader.read(store.load_envelopes, message_ids)
 
     def _lost(self, flow: str, message_id: str) -> None:

@@ -42,8 +42,9 @@ def body_size(envelope: Envelope) -> int:
     except TypeError:  # not JSON (a test's object): count it as small
         return 0
 
-# Reads the queued envelopes of these ids from the file (those no longer queued are left out).
-Load = Callable[[Sequence[str]], Awaitable[dict[str, Envelope]]]
+# Reads the queued envelopes of these ids from the file, each with its stored JSON's size
+# (those no longer queued are left out).
+Load = Callable[[Sequence[str]], Awaitable[dict[str, tuple[Envelope, int]]]]
 
 
 class FlowQueue:
@@ -77,13 +78,13 @@ class FlowQueue:
         """Queue a committed message: held whole while the window has room in count and in
         bytes (one always fits into an empty window), else by its id alone. ``size``: bytes
         of its stored JSON if the caller knows them (else measured here)."""
-        size = self._size(envelope) if size is None else size
-        if self._held < self._window and (
-                not self._held or self._held_bytes + size <= self._window_bytes):
-            self._count_held(envelope, size)
-            self._add(envelope, available_at)
-        else:
-            self._add(envelope.id, available_at)
+        if self._held < self._window:  # measured only when the count leaves room
+            size = self._size(envelope) if size is None else size
+            if not self._held or self._held_bytes + size <= self._window_bytes:
+                self._count_held(envelope, size)
+                self._add(envelope, available_at)
+                return
+        self._add(envelope.id, available_at)
 
     def _size(self, envelope: Envelope) -> int:
         return body_size(envelope) if self._load is not None else 0  # no loader: no budget
@@ -145,11 +146,10 @@ class FlowQueue:
             return
         envelopes = []
         for message_id in ids:
-            envelope = found.get(message_id)
-            if envelope is None:  # no longer queued in the file: nothing to run
+            loaded = found.get(message_id)
+            if loaded is None:  # no longer queued in the file: nothing to run
                 self._lost(message_id)
-            else:
-                envelopes.append(envelope)
-        for envelope in envelopes:  # held whole now, whatever the budget: one batch at most
-            self._count_held(envelope, self._size(envelope))
+            else:  # held whole now, whatever the budget: one batch at most
+                self._count_held(*loaded)
+                envelopes.append(loaded[0])
         self._ready.extendleft(reversed(envelopes))

@@ -245,15 +245,18 @@ def load_queued(conn: sqlite3.Connection) -> dict[str, tuple[list[str], list[flo
     return out
 
 
-def load_envelopes(conn: sqlite3.Connection, message_ids: Sequence[str]) -> dict[str, Envelope]:
-    """The envelopes of those of ``message_ids`` still queued, by id."""
+def load_envelopes(
+    conn: sqlite3.Connection, message_ids: Sequence[str]
+) -> dict[str, tuple[Envelope, int]]:
+    """The envelopes of those of ``message_ids`` still queued, with their stored JSON's size
+    (the queue's byte budget), by id."""
     # The state is checked here, not in SQL: with `state = ?` there SQLite walks the
     # (state, flow) index over every queued message instead of looking the ids up.
     rows = conn.execute(
         f"SELECT id, state, envelope FROM messages WHERE id IN ({','.join('?' * len(message_ids))})",
         message_ids,
     ).fetchall()
-    return {mid: Envelope.from_json(env) for mid, state, env in rows if state == _QUEUED}
+    return {mid: (Envelope.from_json(env), len(env)) for mid, state, env in rows if state == _QUEUED}
 
 
 def get_record(conn: sqlite3.Connection, message_id: str) -> MessageRecord | None:

@@ -28,12 +28,12 @@ class FileOfEnvelopes:
         self.reads: list[list[str]] = []
         self.failures = failures
 
-    async def __call__(self, ids: Sequence[str]) -> dict[str, Envelope]:
+    async def __call__(self, ids: Sequence[str]) -> dict[str, tuple[Envelope, int]]:
         self.reads.append(list(ids))
         if self.failures:
             self.failures -= 1
             raise OSError("disk I/O error")
-        return {i: self.stored[i] for i in ids if i in self.stored}
+        return {i: (self.stored[i], len(self.stored[i].to_json())) for i in ids if i in self.stored}
 
 
 def held_whole(queue: FlowQueue) -> int:
